@@ -1,0 +1,64 @@
+import type { Node, NodeAPI, NodeDef, NodeMessageInFlow } from 'node-red';
+import { settleExchange } from '../../src/coap/exchanges.js';
+import { ReadingFormatError, validateReading } from '../../src/coap/reading.js';
+import { readingKey, type HesRecord } from '../../src/hes/contract.js';
+import type { HesEndpointNode } from '../shared/types.js';
+
+interface HesOutDef extends NodeDef {
+  hes: string;
+}
+
+interface HesOutMessage extends NodeMessageInFlow {
+  exchangeId?: unknown;
+  hes?: { endpoint: string; key: string };
+}
+
+export = function register(RED: NodeAPI): void {
+  function AmiHesOut(this: Node, def: HesOutDef): void {
+    RED.nodes.createNode(this, def);
+    const node = this;
+    const hes = RED.nodes.getNode(def.hes) as HesEndpointNode | null;
+    if (!hes) {
+      node.status({ fill: 'red', shape: 'ring', text: 'ami-hes-out.status.no-hes' });
+      node.error(RED._('ami-hes-out.errors.no-hes'));
+      return;
+    }
+    hes.register(node);
+
+    node.on('input', (incoming, send, done) => {
+      const msg = incoming as HesOutMessage;
+      const exchangeId = typeof msg.exchangeId === 'string' ? msg.exchangeId : undefined;
+      let record: HesRecord;
+      try {
+        const reading = validateReading(msg.payload);
+        record = { key: readingKey(reading.meter, reading.id), kind: 'reading', meter: reading.meter, ts: reading.ts, body: reading };
+      } catch (err) {
+        if (!(err instanceof ReadingFormatError)) throw err;
+        // A reading the HES would never take: the meter is told, not asked to retry forever.
+        if (exchangeId) settleExchange(exchangeId, { accepted: false, reason: err.message });
+        done(new Error(RED._('ami-hes-out.errors.bad-payload', { error: err.message })));
+        return;
+      }
+      hes.deliver(record).then(
+        (endpoint) => {
+          if (exchangeId) settleExchange(exchangeId, { accepted: true });
+          msg.hes = { endpoint, key: record.key };
+          send(msg);
+          done();
+        },
+        (err: Error & { code?: string }) => {
+          if (exchangeId) settleExchange(exchangeId, { accepted: false, reason: err.message });
+          done(new Error(RED._('ami-hes-out.errors.delivery', { key: record.key, code: err.code ?? 'ERROR', error: err.message })));
+        },
+      );
+    });
+
+    node.on('close', (done: () => void) => {
+      hes.deregister(node).then(done, (err: Error) => {
+        node.error(err.message);
+        done();
+      });
+    });
+  }
+  RED.nodes.registerType('ami-hes-out', AmiHesOut);
+};

@@ -1,0 +1,41 @@
+import type { Node, NodeAPI, NodeDef } from 'node-red';
+import { settleExchange } from '../../src/coap/exchanges.js';
+import type { Uplink } from '../../src/coap/endpoint.js';
+import type { MeshEndpointNode, MeshReadingMessage } from '../shared/types.js';
+
+interface MeshInDef extends NodeDef {
+  endpoint: string;
+  ackMode: 'accepted' | 'received';
+}
+
+export = function register(RED: NodeAPI): void {
+  function AmiMeshIn(this: Node, def: MeshInDef): void {
+    RED.nodes.createNode(this, def);
+    const node = this;
+    const ackMode = def.ackMode === 'received' ? 'received' : 'accepted';
+    const endpoint = RED.nodes.getNode(def.endpoint) as MeshEndpointNode | null;
+    if (!endpoint) {
+      node.status({ fill: 'red', shape: 'ring', text: 'ami-mesh-in.status.no-endpoint' });
+      node.error(RED._('ami-mesh-in.errors.no-endpoint'));
+      return;
+    }
+    endpoint.register(node, (uplink: Uplink) => {
+      const msg: MeshReadingMessage = {
+        topic: uplink.reading.meter,
+        payload: uplink.reading,
+        exchangeId: uplink.exchangeId,
+        peer: uplink.peer,
+      };
+      node.send(msg);
+      // In "received" mode the flow takes responsibility as soon as it has the message.
+      if (ackMode === 'received') settleExchange(uplink.exchangeId, { accepted: true });
+    });
+    node.on('close', (done: () => void) => {
+      endpoint.deregister(node).then(done, (err: Error) => {
+        node.error(err.message);
+        done();
+      });
+    });
+  }
+  RED.nodes.registerType('ami-mesh-in', AmiMeshIn);
+};

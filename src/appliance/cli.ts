@@ -1,0 +1,210 @@
+import { parseArgs } from 'node:util';
+import path from 'node:path';
+import { ConfigError, loadConfig, parseInteger } from './config.js';
+import { packageVersion } from './package-info.js';
+import type { HealthSnapshot } from './health.js';
+import { parseCoapUrl } from '../coap/url.js';
+
+/** Exit codes: 0 success, 1 runtime failure, 2 usage or configuration error, 3 gateway unreachable. */
+export const EXIT = { ok: 0, failure: 1, usage: 2, unreachable: 3 } as const;
+
+export class UsageError extends Error {
+  override readonly name = 'UsageError';
+}
+
+const USAGE = `ami-gateway: edge gateway for smart-meter (AMI) networks
+
+Usage:
+  ami-gateway start                         run the gateway (configured by AMI_* environment variables)
+  ami-gateway status [--json] [--url URL]   print the health of a running gateway
+  ami-gateway sim hes --port P [--bind ADDR] [--record FILE]
+                                            run a HES simulator
+  ami-gateway sim meters --count N --gateway coap://[::1]:5683 [--interval SECONDS] [--prefix NAME] [--record FILE]
+                                            run a simulated meter fleet
+  ami-gateway hash-password                 read a password on stdin, print its bcrypt hash for adminUsers
+  ami-gateway --version
+
+Exit codes: 0 ok, 1 failure (status: gateway degraded), 2 usage or configuration error, 3 gateway unreachable.
+See README.md for the environment variables.`;
+
+/** Stops `stop` on SIGTERM or SIGINT, exiting 0 if it finishes within the deadline, 1 otherwise. */
+function stopOnSignal(what: string, stop: () => Promise<void>, deadlineMs = 15_000): void {
+  let stopping = false;
+  const handler = (signal: NodeJS.Signals): void => {
+    if (stopping) return;
+    stopping = true;
+    const deadline = setTimeout(() => {
+      process.stderr.write(`ami-gateway: ${what} did not stop within ${deadlineMs / 1000}s of ${signal}; exiting\n`);
+      process.exit(EXIT.failure);
+    }, deadlineMs);
+    deadline.unref();
+    stop().then(
+      () => process.exit(EXIT.ok),
+      (err: Error) => {
+        process.stderr.write(`ami-gateway: error while stopping ${what}: ${err.message}\n`);
+        process.exit(EXIT.failure);
+      },
+    );
+  };
+  process.on('SIGTERM', handler);
+  process.on('SIGINT', handler);
+}
+
+function positiveInteger(option: string, raw: string | undefined, fallback?: number, min = 1, max = 1_000_000): number {
+  if (raw === undefined) {
+    if (fallback === undefined) throw new UsageError(`${option} is required`);
+    return fallback;
+  }
+  try {
+    return parseInteger(option, raw, min, max);
+  } catch (err) {
+    throw new UsageError((err as Error).message);
+  }
+}
+
+async function start(): Promise<void> {
+  const config = loadConfig();
+  const { startAppliance } = await import('./runtime.js');
+  const appliance = await startAppliance(config);
+  stopOnSignal('the gateway', () => appliance.stop());
+}
+
+async function status(args: string[]): Promise<number> {
+  const { values } = parseArgs({ args, options: { json: { type: 'boolean' }, url: { type: 'string' } }, strict: true });
+  const config = loadConfig();
+  const url = values.url ?? `http://127.0.0.1:${config.httpPort}/ami/health`;
+  let health: HealthSnapshot;
+  try {
+    const response = await fetch(url, { signal: AbortSignal.timeout(5000) });
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    health = (await response.json()) as HealthSnapshot;
+  } catch (err) {
+    process.stderr.write(`ami-gateway: cannot read ${url}: ${(err as Error).message}\n`);
+    return EXIT.unreachable;
+  }
+  if (values.json) {
+    process.stdout.write(`${JSON.stringify(health, null, 2)}\n`);
+  } else {
+    const lines = [
+      `status        ${health.status}${health.problems.length ? ` (${health.problems.join('; ')})` : ''}`,
+      `HES endpoint  ${health.hesEndpoint ?? 'none'}`,
+      `mesh          received ${health.meshReceived}, rejected ${health.meshRejected}, deferred ${health.meshDeferred}`,
+      `HES           delivered ${health.hesDelivered}, failed ${health.hesFailed}`,
+      `outbox depth  ${health.outboxDepth}`,
+      `uptime        ${health.uptimeSeconds}s (version ${health.version})`,
+    ];
+    process.stdout.write(`${lines.join('\n')}\n`);
+  }
+  return health.status === 'ok' ? EXIT.ok : EXIT.failure;
+}
+
+function consoleLog(prefix: string): { info(m: string): void; warn(m: string): void } {
+  return {
+    info: (message) => process.stdout.write(`${new Date().toISOString()} info  ${prefix}${message}\n`),
+    warn: (message) => process.stderr.write(`${new Date().toISOString()} warn  ${prefix}${message}\n`),
+  };
+}
+
+async function simHes(args: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args,
+    options: { port: { type: 'string' }, bind: { type: 'string' }, record: { type: 'string' } },
+    strict: true,
+  });
+  const { HesSimulator } = await import('../sim/hes.js');
+  const sim = new HesSimulator({
+    port: positiveInteger('--port', values.port, undefined, 0, 65535),
+    bind: values.bind ?? '::1',
+    recordFile: values.record === undefined ? undefined : path.resolve(values.record),
+    log: consoleLog(''),
+    summaryEverySeconds: 10,
+  });
+  await sim.start();
+  stopOnSignal('the HES simulator', () => sim.stop());
+}
+
+async function simMeters(args: string[]): Promise<void> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      count: { type: 'string' },
+      gateway: { type: 'string' },
+      interval: { type: 'string' },
+      prefix: { type: 'string' },
+      record: { type: 'string' },
+    },
+    strict: true,
+  });
+  if (values.gateway === undefined) throw new UsageError('--gateway is required (e.g. coap://[::1]:5683)');
+  try {
+    parseCoapUrl(values.gateway);
+  } catch (err) {
+    throw new UsageError(`--gateway: ${(err as Error).message}`);
+  }
+  const { MeterFleet } = await import('../sim/meters.js');
+  const fleet = new MeterFleet({
+    count: positiveInteger('--count', values.count),
+    gateway: values.gateway,
+    intervalMs: positiveInteger('--interval', values.interval, 10, 1, 86_400) * 1000,
+    prefix: values.prefix,
+    recordFile: values.record === undefined ? undefined : path.resolve(values.record),
+    log: consoleLog(''),
+    summaryEverySeconds: 10,
+  });
+  await fleet.start();
+  stopOnSignal('the meter fleet', () => fleet.stop());
+}
+
+async function hashPassword(): Promise<void> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+  const password = Buffer.concat(chunks).toString('utf8').replace(/\r?\n$/, '');
+  if (password.length < 8) throw new UsageError('the password must have at least 8 characters');
+  const bcrypt = await import('bcryptjs');
+  process.stdout.write(`${await bcrypt.hash(password, 10)}\n`);
+}
+
+/** Runs the CLI; resolves with an exit code for commands that finish, or never settles for daemons. */
+export async function main(argv: string[]): Promise<number | undefined> {
+  const [command, ...rest] = argv;
+  try {
+    switch (command) {
+      case 'start':
+        await start();
+        return undefined;
+      case 'status':
+        return await status(rest);
+      case 'sim': {
+        const [what, ...simArgs] = rest;
+        if (what === 'hes') await simHes(simArgs);
+        else if (what === 'meters') await simMeters(simArgs);
+        else throw new UsageError(`unknown simulator "${what ?? ''}": expected hes or meters`);
+        return undefined;
+      }
+      case 'hash-password':
+        await hashPassword();
+        return EXIT.ok;
+      case '--version':
+      case 'version':
+        process.stdout.write(`${packageVersion()}\n`);
+        return EXIT.ok;
+      case undefined:
+      case 'help':
+      case '--help':
+      case '-h':
+        process.stdout.write(`${USAGE}\n`);
+        return command === undefined ? EXIT.usage : EXIT.ok;
+      default:
+        throw new UsageError(`unknown command "${command}"`);
+    }
+  } catch (err) {
+    if (err instanceof UsageError || err instanceof ConfigError || (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
+      process.stderr.write(`ami-gateway: ${(err as Error).message}\n${err instanceof ConfigError ? '' : 'Run "ami-gateway --help" for usage.\n'}`);
+      return EXIT.usage;
+    }
+    const e = err as NodeJS.ErrnoException;
+    const hint = e.code === 'EADDRINUSE' ? ' (another process uses that port; set AMI_HTTP_PORT or AMI_MESH_PORT)' : '';
+    process.stderr.write(`ami-gateway: ${e.message}${hint}\n`);
+    return EXIT.failure;
+  }
+}

@@ -1,0 +1,107 @@
+import path from 'node:path';
+import { parseCoapUrl } from '../coap/url.js';
+
+/** A configuration value that cannot be used. Carries the variable's name so the operator knows what to fix. */
+export class ConfigError extends Error {
+  override readonly name = 'ConfigError';
+  constructor(
+    readonly variable: string,
+    message: string,
+  ) {
+    super(`${variable}: ${message}`);
+  }
+}
+
+export interface ApplianceConfig {
+  /** Node-RED user directory: flows, credentials, secrets, logs. */
+  dataDir: string;
+  /** Editor and admin API port. */
+  httpPort: number;
+  /** Address the editor binds to; loopback unless admin users are configured. */
+  httpBind: string | undefined;
+  /** File holding admin users (bcrypt hashes); absent means no adminAuth. */
+  settingsFile: string;
+  credentialSecret: string | undefined;
+  hesPrimary: string | undefined;
+  hesSecondary: string | undefined;
+  meshPort: number;
+  meshBind: string;
+  simMeters: number;
+  /** Seconds between two readings of one simulated meter. */
+  simIntervalSeconds: number;
+  logLevel: LogLevel;
+}
+
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace'] as const;
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+export const DEFAULT_HTTP_PORT = 1880;
+export const DEFAULT_MESH_PORT = 5683;
+export const DEFAULT_SIM_METERS = 50;
+export const DEFAULT_SIM_INTERVAL_SECONDS = 10;
+
+type Env = Readonly<Record<string, string | undefined>>;
+
+function nonEmpty(env: Env, name: string): string | undefined {
+  const value = env[name]?.trim();
+  return value === undefined || value === '' ? undefined : value;
+}
+
+export function parseInteger(variable: string, raw: string, min: number, max: number): number {
+  if (!/^\d+$/.test(raw)) {
+    throw new ConfigError(variable, `expected a whole number, got "${raw}"`);
+  }
+  const value = Number(raw);
+  if (value < min || value > max) {
+    throw new ConfigError(variable, `must be between ${min} and ${max}, got ${value}`);
+  }
+  return value;
+}
+
+function port(env: Env, name: string, fallback: number): number {
+  const raw = nonEmpty(env, name);
+  return raw === undefined ? fallback : parseInteger(name, raw, 1, 65535);
+}
+
+function hesUrl(env: Env, name: string): string | undefined {
+  const raw = nonEmpty(env, name);
+  if (raw === undefined) return undefined;
+  try {
+    parseCoapUrl(raw);
+  } catch (err) {
+    throw new ConfigError(name, (err as Error).message);
+  }
+  return raw;
+}
+
+/**
+ * Reads the appliance configuration from the environment. Every variable is
+ * optional; the defaults run the gateway on loopback with its simulators.
+ */
+export function loadConfig(env: Env = process.env, cwd: string = process.cwd()): ApplianceConfig {
+  const dataDir = path.resolve(cwd, nonEmpty(env, 'AMI_DATA_DIR') ?? 'data');
+  const logLevelRaw = nonEmpty(env, 'AMI_LOG_LEVEL') ?? 'info';
+  if (!(LOG_LEVELS as readonly string[]).includes(logLevelRaw)) {
+    throw new ConfigError('AMI_LOG_LEVEL', `expected one of ${LOG_LEVELS.join(', ')}, got "${logLevelRaw}"`);
+  }
+  const simMetersRaw = nonEmpty(env, 'AMI_SIM_METERS');
+  const simIntervalRaw = nonEmpty(env, 'AMI_SIM_INTERVAL');
+  return {
+    dataDir,
+    httpPort: port(env, 'AMI_HTTP_PORT', DEFAULT_HTTP_PORT),
+    httpBind: nonEmpty(env, 'AMI_HTTP_BIND'),
+    settingsFile: path.resolve(dataDir, nonEmpty(env, 'AMI_SETTINGS_FILE') ?? 'ami-settings.json'),
+    credentialSecret: nonEmpty(env, 'AMI_CREDENTIAL_SECRET'),
+    hesPrimary: hesUrl(env, 'AMI_HES_PRIMARY'),
+    hesSecondary: hesUrl(env, 'AMI_HES_SECONDARY'),
+    meshPort: port(env, 'AMI_MESH_PORT', DEFAULT_MESH_PORT),
+    meshBind: nonEmpty(env, 'AMI_MESH_BIND') ?? '::1',
+    simMeters:
+      simMetersRaw === undefined ? DEFAULT_SIM_METERS : parseInteger('AMI_SIM_METERS', simMetersRaw, 0, 100_000),
+    simIntervalSeconds:
+      simIntervalRaw === undefined
+        ? DEFAULT_SIM_INTERVAL_SECONDS
+        : parseInteger('AMI_SIM_INTERVAL', simIntervalRaw, 1, 86_400),
+    logLevel: logLevelRaw as LogLevel,
+  };
+}

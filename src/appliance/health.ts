@@ -1,0 +1,87 @@
+import { packageVersion } from './package-info.js';
+
+/**
+ * Process-wide health counters, fed by the nodes and read by `GET /ami/health`
+ * and `ami-gateway status`. One registry per process: Node-RED runs all flows
+ * in one process, and the counters describe that process.
+ */
+export interface HealthSnapshot {
+  status: 'ok' | 'degraded';
+  /** Why the status is not ok, when it is not. */
+  problems: string[];
+  meshReceived: number;
+  meshRejected: number;
+  meshDeferred: number;
+  hesDelivered: number;
+  hesFailed: number;
+  /** Records accepted from the mesh and not yet confirmed by the HES. */
+  outboxDepth: number;
+  /** The HES endpoint records go to now, or null when none is configured. */
+  hesEndpoint: string | null;
+  uptimeSeconds: number;
+  version: string;
+}
+
+export type Counter = 'meshReceived' | 'meshRejected' | 'meshDeferred' | 'hesDelivered' | 'hesFailed';
+
+export class HealthRegistry {
+  private readonly counters: Record<Counter, number> = {
+    meshReceived: 0,
+    meshRejected: 0,
+    meshDeferred: 0,
+    hesDelivered: 0,
+    hesFailed: 0,
+  };
+  private readonly depthSources = new Set<() => number>();
+  private readonly endpointSources = new Set<() => string | undefined>();
+  private readonly problemSources = new Map<string, string>();
+  private readonly startedAt = Date.now();
+
+  constructor(private readonly version: string) {}
+
+  increment(counter: Counter, by = 1): void {
+    this.counters[counter] += by;
+  }
+
+  /** Registers a source of queued records; returns the function that removes it. */
+  addDepthSource(source: () => number): () => void {
+    this.depthSources.add(source);
+    return () => this.depthSources.delete(source);
+  }
+
+  addEndpointSource(source: () => string | undefined): () => void {
+    this.endpointSources.add(source);
+    return () => this.endpointSources.delete(source);
+  }
+
+  /** Marks (or with `undefined`, clears) a problem reported by one component. */
+  setProblem(component: string, problem: string | undefined): void {
+    if (problem === undefined) this.problemSources.delete(component);
+    else this.problemSources.set(component, problem);
+  }
+
+  snapshot(): HealthSnapshot {
+    let outboxDepth = 0;
+    for (const source of this.depthSources) outboxDepth += source();
+    let hesEndpoint: string | null = null;
+    for (const source of this.endpointSources) {
+      const endpoint = source();
+      if (endpoint) {
+        hesEndpoint = endpoint;
+        break;
+      }
+    }
+    const problems = [...this.problemSources.entries()].map(([component, problem]) => `${component}: ${problem}`);
+    return {
+      status: problems.length === 0 ? 'ok' : 'degraded',
+      problems,
+      ...this.counters,
+      outboxDepth,
+      hesEndpoint,
+      uptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),
+      version: this.version,
+    };
+  }
+}
+
+export const gatewayHealth = new HealthRegistry(packageVersion());

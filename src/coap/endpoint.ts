@@ -1,0 +1,212 @@
+import { EventEmitter } from 'node:events';
+import { randomUUID } from 'node:crypto';
+import * as coap from 'coap';
+import type { IncomingMessage, OutgoingMessage, Server } from 'coap';
+import { uintOption } from './options.js';
+import { decodeReading, ReadingFormatError, type MeterReading } from './reading.js';
+import { registerExchange, type ExchangeOutcome } from './exchanges.js';
+
+/**
+ * The gateway's mesh-facing CoAP endpoint.
+ *
+ * Acknowledgement contract: a meter's `POST /readings` is answered 2.04 only
+ * after a listener has accepted the reading (for now: the HES confirmed it;
+ * with the durable outbox: it is on disk). If nobody accepts it within
+ * `acceptTimeoutMs`, or a listener rejects it, the meter gets 5.03 Service
+ * Unavailable with Max-Age, so it keeps the reading and retries later. The
+ * answer is held back as a piggybacked ACK, so the meter's acknowledgement
+ * and the gateway's acceptance are the same event.
+ */
+export interface MeshEndpointOptions {
+  bind: string;
+  port: number;
+  /** How long a reading may wait for acceptance before the meter is told to retry. */
+  acceptTimeoutMs: number;
+  /** Max-Age sent with 5.03: the meter waits at least this long before retrying. */
+  retryAfterSeconds: number;
+}
+
+export const DEFAULT_ACCEPT_TIMEOUT_MS = 1500;
+export const DEFAULT_RETRY_AFTER_SECONDS = 30;
+export const READINGS_PATH = '/readings';
+
+export interface Uplink {
+  exchangeId: string;
+  reading: MeterReading;
+  peer: { address: string; port: number };
+}
+
+export type UplinkListener = (uplink: Uplink) => void;
+
+/** Why a request was refused, as counted and logged. */
+export type MeshRejectReason = ReadingFormatError['code'] | 'NOT_FOUND' | 'METHOD_NOT_ALLOWED';
+
+export interface MeshEndpointEvents {
+  listening: [address: { address: string; port: number }];
+  received: [uplink: Uplink];
+  accepted: [uplink: Uplink];
+  deferred: [uplink: Uplink | undefined, reason: string];
+  rejected: [reason: MeshRejectReason, message: string, peer: { address: string; port: number }];
+  error: [err: Error];
+}
+
+interface PendingReading {
+  uplink: Uplink;
+  responses: OutgoingMessage[];
+}
+
+export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
+  private server: Server | undefined;
+  private readonly uplinkListeners = new Set<UplinkListener>();
+  /** Readings waiting for acceptance, by meter and reading id, so a repeat joins the first. */
+  private readonly pending = new Map<string, PendingReading>();
+  private boundPort: number | undefined;
+
+  constructor(readonly options: MeshEndpointOptions) {
+    super();
+  }
+
+  get port(): number | undefined {
+    return this.boundPort;
+  }
+
+  /** Adds a consumer of readings; returns the function that removes it. */
+  onUplink(listener: UplinkListener): () => void {
+    this.uplinkListeners.add(listener);
+    return () => this.uplinkListeners.delete(listener);
+  }
+
+  async start(): Promise<void> {
+    if (this.server) return;
+    const server = coap.createServer({
+      type: 'udp6',
+      // Hold the ACK until acceptance so it can be piggybacked (see class comment).
+      piggybackReplyMs: this.options.acceptTimeoutMs + 250,
+    });
+    server.on('request', (req: IncomingMessage, res: OutgoingMessage) => this.handle(req, res));
+    server.on('error', (err: Error) => this.emit('error', err));
+    try {
+      await new Promise<void>((resolve, reject) => {
+        const onError = (err: Error): void => reject(err);
+        server.once('error', onError);
+        server.listen(this.options.port, this.options.bind, (err?: Error) => {
+          server.off('error', onError);
+          if (err) reject(err);
+          else resolve();
+        });
+      });
+    } catch (err) {
+      try {
+        server.close();
+      } catch {
+        // The socket never opened; there is nothing more to release.
+      }
+      throw err;
+    }
+    this.server = server;
+    // coap's Server keeps its socket private; its address tells us the port when 0 was asked for.
+    const socket = (server as unknown as { _sock?: { address(): { port: number } } })._sock;
+    this.boundPort = socket?.address().port ?? this.options.port;
+    this.emit('listening', { address: this.options.bind, port: this.boundPort });
+  }
+
+  async stop(): Promise<void> {
+    const server = this.server;
+    this.server = undefined;
+    for (const entry of [...this.pending.values()]) {
+      this.settle(entry, { accepted: false, reason: 'gateway shutting down' });
+    }
+    if (!server) return;
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+  }
+
+  private handle(req: IncomingMessage, res: OutgoingMessage): void {
+    const peer = { address: req.rsinfo.address, port: req.rsinfo.port };
+    const path = req.url.split('?')[0];
+    if (path !== READINGS_PATH) {
+      this.refuse(res, '4.04', 'NOT_FOUND', `no resource ${path}`, peer);
+      return;
+    }
+    if (req.method !== 'POST') {
+      this.refuse(res, '4.05', 'METHOD_NOT_ALLOWED', `${req.method} not allowed on ${READINGS_PATH}`, peer);
+      return;
+    }
+    let reading: MeterReading;
+    try {
+      reading = decodeReading(req.payload, uintOption(req, 'Content-Format'));
+    } catch (err) {
+      if (!(err instanceof ReadingFormatError)) throw err;
+      const code = err.code === 'UNSUPPORTED_FORMAT' ? '4.15' : err.code === 'TOO_LARGE' ? '4.13' : '4.00';
+      this.refuse(res, code, err.code, err.message, peer);
+      return;
+    }
+    const key = `${reading.meter}\u0000${reading.id}`;
+    const inFlight = this.pending.get(key);
+    if (inFlight) {
+      inFlight.responses.push(res);
+      return;
+    }
+    if (this.uplinkListeners.size === 0) {
+      this.defer(res, undefined, 'no flow consumes readings');
+      return;
+    }
+    const uplink: Uplink = { exchangeId: randomUUID(), reading, peer };
+    const entry: PendingReading = { uplink, responses: [res] };
+    this.pending.set(key, entry);
+    const timer = setTimeout(
+      () => this.settle(entry, { accepted: false, reason: `not accepted within ${this.options.acceptTimeoutMs} ms` }),
+      this.options.acceptTimeoutMs,
+    );
+    registerExchange(uplink.exchangeId, (outcome) => {
+      clearTimeout(timer);
+      this.settle(entry, outcome);
+    });
+    this.emit('received', uplink);
+    for (const listener of this.uplinkListeners) {
+      try {
+        listener(uplink);
+      } catch (err) {
+        this.emit('error', err as Error);
+      }
+    }
+  }
+
+  private settle(entry: PendingReading, outcome: ExchangeOutcome): void {
+    const key = `${entry.uplink.reading.meter}\u0000${entry.uplink.reading.id}`;
+    if (this.pending.get(key) !== entry) return;
+    this.pending.delete(key);
+    // Settling through the registry too makes a late accept() after a timeout a no-op.
+    registerExchange(entry.uplink.exchangeId, undefined);
+    if (outcome.accepted) {
+      for (const res of entry.responses) {
+        res.code = '2.04';
+        res.end();
+      }
+      this.emit('accepted', entry.uplink);
+    } else {
+      for (const res of entry.responses) this.defer(res, entry.uplink, outcome.reason);
+    }
+  }
+
+  private defer(res: OutgoingMessage, uplink: Uplink | undefined, reason: string): void {
+    res.code = '5.03';
+    res.setOption('Max-Age', this.options.retryAfterSeconds);
+    res.setOption('Content-Format', 'text/plain');
+    res.end(reason);
+    this.emit('deferred', uplink, reason);
+  }
+
+  private refuse(
+    res: OutgoingMessage,
+    code: string,
+    reason: MeshRejectReason,
+    message: string,
+    peer: { address: string; port: number },
+  ): void {
+    res.code = code;
+    res.setOption('Content-Format', 'text/plain');
+    // The diagnostic payload helps a field engineer with a CoAP client see what was wrong.
+    res.end(message.slice(0, 200));
+    this.emit('rejected', reason, message, peer);
+  }
+}

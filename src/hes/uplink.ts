@@ -1,0 +1,202 @@
+import { EventEmitter } from 'node:events';
+import { coapCall } from '../coap/request.js';
+import { CONTENT_FORMAT } from '../coap/reading.js';
+import { decodeAck, encodeBatch, HesContractError, MAX_BATCH_RECORDS, RECORDS_PATH, type HesRecord } from './contract.js';
+
+export interface HesUplinkOptions {
+  /** Identity sent with every batch. */
+  gateway: string;
+  /** HES base URLs in order of preference (primary first). */
+  endpoints: string[];
+  requestTimeoutMs: number;
+  /** How long a record may wait for companions before its batch is sent. */
+  lingerMs: number;
+  maxBatch: number;
+  /** Records held in memory waiting for the HES; past this, submit() refuses at once. */
+  maxQueued: number;
+}
+
+export const DEFAULT_UPLINK_OPTIONS = {
+  requestTimeoutMs: 5000,
+  lingerMs: 5,
+  maxBatch: 64,
+  maxQueued: 10_000,
+} as const;
+
+export type HesUplinkErrorCode = 'QUEUE_FULL' | 'UNAVAILABLE' | 'REJECTED' | 'CLOSED';
+
+export class HesUplinkError extends Error {
+  override readonly name = 'HesUplinkError';
+  constructor(
+    readonly code: HesUplinkErrorCode,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+interface Queued {
+  record: HesRecord;
+  resolve: () => void;
+  reject: (err: HesUplinkError) => void;
+}
+
+export interface HesUplinkEvents {
+  delivered: [records: HesRecord[], endpoint: string];
+  failed: [err: HesUplinkError, records: number];
+  endpoint: [endpoint: string];
+}
+
+/** Joins a HES base URL and a resource path without doubling slashes. */
+export function hesResourceUrl(base: string, resource: string): string {
+  return base.replace(/\/+$/, '') + resource;
+}
+
+/**
+ * Delivers records to the HES in CBOR batches and tells each submitter
+ * whether the HES accepted its record. One batch is in flight at a time, so
+ * a recovering HES sees a steady stream instead of every waiting meter at
+ * once. Endpoints are tried in order; the one that answered last stays
+ * active. (Health probes, gray-failure detection and failback come with the
+ * north-side work.)
+ */
+export class HesUplink extends EventEmitter<HesUplinkEvents> {
+  private readonly queue: Queued[] = [];
+  private inFlight = 0;
+  private sending = false;
+  private lingerTimer: NodeJS.Timeout | undefined;
+  private activeIndex = 0;
+  private closed = false;
+  private readonly options: HesUplinkOptions;
+
+  constructor(options: HesUplinkOptions) {
+    super();
+    if (options.endpoints.length === 0) throw new HesUplinkError('UNAVAILABLE', 'no HES endpoint configured');
+    this.options = { ...options, maxBatch: Math.min(options.maxBatch, MAX_BATCH_RECORDS) };
+  }
+
+  /** Records accepted from the mesh and not yet confirmed by the HES. */
+  get depth(): number {
+    return this.queue.length + this.inFlight;
+  }
+
+  get activeEndpoint(): string {
+    return this.options.endpoints[this.activeIndex] as string;
+  }
+
+  submit(record: HesRecord): Promise<void> {
+    if (this.closed) return Promise.reject(new HesUplinkError('CLOSED', 'HES uplink is closed'));
+    if (this.depth >= this.options.maxQueued) {
+      return Promise.reject(new HesUplinkError('QUEUE_FULL', `${this.depth} records already wait for the HES`));
+    }
+    return new Promise<void>((resolve, reject) => {
+      this.queue.push({ record, resolve, reject });
+      this.schedule();
+    });
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    clearTimeout(this.lingerTimer);
+    for (const entry of this.queue.splice(0)) {
+      entry.reject(new HesUplinkError('CLOSED', 'HES uplink closed before delivery'));
+    }
+  }
+
+  private schedule(): void {
+    if (this.sending || this.queue.length === 0) return;
+    if (this.queue.length >= this.options.maxBatch) {
+      clearTimeout(this.lingerTimer);
+      this.lingerTimer = undefined;
+      void this.flush();
+    } else if (!this.lingerTimer) {
+      this.lingerTimer = setTimeout(() => {
+        this.lingerTimer = undefined;
+        void this.flush();
+      }, this.options.lingerMs);
+    }
+  }
+
+  private async flush(): Promise<void> {
+    if (this.sending || this.queue.length === 0) return;
+    this.sending = true;
+    const batch = this.queue.splice(0, this.options.maxBatch);
+    this.inFlight = batch.length;
+    try {
+      await this.deliver(batch);
+    } finally {
+      this.inFlight = 0;
+      this.sending = false;
+      if (!this.closed) this.schedule();
+    }
+  }
+
+  private async deliver(batch: Queued[]): Promise<void> {
+    const payload = encodeBatch({ gateway: this.options.gateway, records: batch.map((q) => q.record) });
+    const failures: string[] = [];
+    const count = this.options.endpoints.length;
+    for (let attempt = 0; attempt < count; attempt++) {
+      const index = (this.activeIndex + attempt) % count;
+      const endpoint = this.options.endpoints[index] as string;
+      let outcome: 'done' | 'next';
+      try {
+        outcome = await this.deliverTo(endpoint, payload, batch);
+      } catch (err) {
+        failures.push(`${endpoint}: ${(err as Error).message}`);
+        outcome = 'next';
+      }
+      if (outcome === 'done') {
+        if (index !== this.activeIndex) {
+          this.activeIndex = index;
+          this.emit('endpoint', endpoint);
+        }
+        return;
+      }
+    }
+    const error = new HesUplinkError('UNAVAILABLE', `no HES accepted the batch (${failures.join('; ')})`);
+    for (const entry of batch) entry.reject(error);
+    this.emit('failed', error, batch.length);
+  }
+
+  /** 'done' when this endpoint gave a final answer for the batch, 'next' to try another. */
+  private async deliverTo(endpoint: string, payload: Buffer, batch: Queued[]): Promise<'done' | 'next'> {
+    const response = await coapCall(hesResourceUrl(endpoint, RECORDS_PATH), {
+      method: 'POST',
+      payload,
+      contentFormat: CONTENT_FORMAT.cbor,
+      accept: CONTENT_FORMAT.cbor,
+      timeoutMs: this.options.requestTimeoutMs,
+    });
+    if (response.code === '2.04' || response.code === '2.01') {
+      let accepted: Set<string>;
+      try {
+        accepted = new Set(decodeAck(response.payload).accepted);
+      } catch (err) {
+        if (err instanceof HesContractError) throw new Error(`unreadable acknowledgement: ${err.message}`);
+        throw err;
+      }
+      const delivered: HesRecord[] = [];
+      for (const entry of batch) {
+        if (accepted.has(entry.record.key)) {
+          delivered.push(entry.record);
+          entry.resolve();
+        } else {
+          entry.reject(new HesUplinkError('REJECTED', `HES did not accept record ${entry.record.key}`));
+        }
+      }
+      this.emit('delivered', delivered, endpoint);
+      return 'done';
+    }
+    if (response.code.startsWith('4.')) {
+      const error = new HesUplinkError(
+        'REJECTED',
+        `HES refused the batch with ${response.code}: ${response.payload.toString('utf8').slice(0, 200)}`,
+      );
+      for (const entry of batch) entry.reject(error);
+      this.emit('failed', error, batch.length);
+      return 'done';
+    }
+    throw new Error(`answered ${response.code}${response.maxAge === undefined ? '' : ` (Max-Age ${response.maxAge})`}`);
+  }
+}
+

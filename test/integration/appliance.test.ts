@@ -1,0 +1,166 @@
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { once } from 'node:events';
+import { afterEach, describe, expect, it } from 'vitest';
+import { CLI, REPO_ROOT, startApplianceProcess, type ApplianceProcess } from '../helpers/appliance.js';
+import { freeUdpPort } from '../helpers/ports.js';
+
+const running: ApplianceProcess[] = [];
+const children: ChildProcess[] = [];
+const tempDirs: string[] = [];
+
+afterEach(async () => {
+  for (const appliance of running.splice(0)) {
+    await appliance.stop();
+    appliance.cleanup();
+  }
+  for (const child of children.splice(0)) {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGTERM');
+      await once(child, 'exit');
+    }
+  }
+  for (const dir of tempDirs.splice(0)) rmSync(dir, { recursive: true, force: true });
+});
+
+function tempDir(): string {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'ami-it-'));
+  tempDirs.push(dir);
+  return dir;
+}
+
+function readJsonLines(file: string): Array<Record<string, unknown>> {
+  if (!existsSync(file)) return [];
+  return readFileSync(file, 'utf8')
+    .split('\n')
+    .filter((line) => line.trim() !== '')
+    .map((line) => JSON.parse(line) as Record<string, unknown>);
+}
+
+/** Starts a CLI subcommand as a child and resolves once it printed `ready`. */
+async function startCli(args: string[], ready: RegExp): Promise<{ child: ChildProcess; output: () => string }> {
+  const child = spawn(process.execPath, [CLI, ...args], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  children.push(child);
+  let output = '';
+  await new Promise<void>((resolve, reject) => {
+    const onData = (chunk: Buffer): void => {
+      output += chunk.toString();
+      if (ready.test(output)) resolve();
+    };
+    child.stdout?.on('data', onData);
+    child.stderr?.on('data', onData);
+    child.once('exit', (code) => reject(new Error(`${args.join(' ')} exited with ${code}:\n${output}`)));
+  });
+  return { child, output: () => output };
+}
+
+describe('ami-gateway start (headless appliance)', () => {
+  it('runs on embedded defaults: meters reach the HES simulator, health and status report it, SIGTERM exits 0', async () => {
+    const appliance = await startApplianceProcess();
+    running.push(appliance);
+
+    const health = await appliance.waitForHealth((h) => h.hesDelivered > 0);
+    expect(health.status).toBe('ok');
+    expect(health.meshReceived).toBeGreaterThan(0);
+    expect(health.hesEndpoint).toMatch(/^coap:\/\/\[::1\]:\d+$/);
+    expect(health.outboxDepth).toBeGreaterThanOrEqual(0);
+
+    const status = spawnSync(process.execPath, [CLI, 'status', '--json'], {
+      cwd: REPO_ROOT,
+      env: { ...process.env, AMI_HTTP_PORT: String(appliance.httpPort) },
+      encoding: 'utf8',
+    });
+    expect(status.status).toBe(0);
+    const printed = JSON.parse(status.stdout) as Record<string, unknown>;
+    expect(printed).toMatchObject({ status: 'ok', hesEndpoint: health.hesEndpoint });
+    expect(printed.hesDelivered).toBeGreaterThanOrEqual(health.hesDelivered);
+
+    // The credential secret was generated once, private to the service user.
+    const secretFile = path.join(appliance.dataDir, '.credential-secret');
+    expect(statSync(secretFile).mode & 0o777).toBe(0o600);
+    expect(existsSync(path.join(appliance.dataDir, 'flows.json'))).toBe(true);
+
+    const exit = await appliance.stop();
+    expect(exit.code).toBe(0);
+    expect(exit.ms).toBeLessThan(15_000);
+    const log = readFileSync(path.join(appliance.dataDir, 'logs', 'ami-gateway.log'), 'utf8');
+    expect(log).toContain('using the embedded HES simulator');
+    expect(log).toContain('hes-sim: first record received');
+    expect(log).toContain('editor is bound to loopback only');
+    expect(log).toMatch(/\[appliance\] stopped\n/);
+  });
+
+  it('delivers every reading a standalone meter fleet recorded as acknowledged to a standalone HES simulator', async () => {
+    const dir = tempDir();
+    const hesPort = await freeUdpPort();
+    const hesRecord = path.join(dir, 'hes.jsonl');
+    const meterRecord = path.join(dir, 'meters.jsonl');
+    await startCli(['sim', 'hes', '--port', String(hesPort), '--record', hesRecord], /listening on/);
+    const appliance = await startApplianceProcess({
+      AMI_HES_PRIMARY: `coap://[::1]:${hesPort}`,
+      AMI_SIM_METERS: '0',
+    });
+    running.push(appliance);
+    await appliance.waitForHealth((h) => h.hesEndpoint === `coap://[::1]:${hesPort}`);
+
+    const meters = await startCli(
+      ['sim', 'meters', '--count', '10', '--gateway', `coap://[::1]:${appliance.meshPort}`, '--interval', '1', '--record', meterRecord],
+      /meters posting to/,
+    );
+    await appliance.waitForHealth((h) => h.hesDelivered >= 30);
+    meters.child.kill('SIGTERM');
+    const [code] = (await once(meters.child, 'exit')) as [number | null];
+    expect(code).toBe(0);
+
+    const acknowledged = readJsonLines(meterRecord);
+    const stored = new Set(readJsonLines(hesRecord).map((line) => line.id));
+    expect(acknowledged.length).toBeGreaterThanOrEqual(20);
+    const missing = acknowledged.filter((line) => !stored.has(`${String(line.meter)}/${String(line.id)}`));
+    expect(missing).toEqual([]);
+    // Each record reached the HES once: the HES file has no repeated id.
+    const hesIds = readJsonLines(hesRecord).map((line) => line.id);
+    expect(new Set(hesIds).size).toBe(hesIds.length);
+  });
+
+  it('tells meters to retry later (5.03) while the HES is unreachable, and reports itself degraded', async () => {
+    const deadHesPort = await freeUdpPort();
+    const appliance = await startApplianceProcess({
+      AMI_HES_PRIMARY: `coap://[::1]:${deadHesPort}`,
+      AMI_SIM_METERS: '3',
+    });
+    running.push(appliance);
+    const health = await appliance.waitForHealth((h) => h.meshDeferred > 0 && h.status === 'degraded');
+    expect(health.hesDelivered).toBe(0);
+    expect(health.problems.join(' ')).toMatch(/no HES accepted the batch/);
+    const status = spawnSync(process.execPath, [CLI, 'status'], {
+      cwd: REPO_ROOT,
+      env: { ...process.env, AMI_HTTP_PORT: String(appliance.httpPort) },
+      encoding: 'utf8',
+    });
+    expect(status.status).toBe(1);
+    expect(status.stdout).toContain('degraded');
+  });
+
+  it('refuses a bad configuration value with exit code 2 and names the variable', () => {
+    const result = spawnSync(process.execPath, [CLI, 'start'], {
+      cwd: REPO_ROOT,
+      env: { ...process.env, AMI_DATA_DIR: tempDir(), AMI_MESH_PORT: 'fifty' },
+      encoding: 'utf8',
+      timeout: 20_000,
+    });
+    expect(result.status).toBe(2);
+    expect(result.stderr).toContain('AMI_MESH_PORT');
+  });
+
+  it('reports an unreachable gateway with exit code 3', () => {
+    const result = spawnSync(process.execPath, [CLI, 'status', '--url', 'http://127.0.0.1:9/ami/health'], {
+      cwd: REPO_ROOT,
+      encoding: 'utf8',
+      timeout: 20_000,
+    });
+    expect(result.status).toBe(3);
+    expect(result.stderr).toContain('cannot read');
+  });
+});
