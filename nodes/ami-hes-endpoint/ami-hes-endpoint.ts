@@ -31,7 +31,7 @@ export = function register(RED: NodeAPI): void {
     const endpoints = [stringProperty(def.primary), stringProperty(def.secondary)].filter((url) => url !== '');
     let requestTimeoutMs: number = DEFAULT_UPLINK_OPTIONS.requestTimeoutMs;
     try {
-      if (endpoints.length === 0) throw new NodeConfigError(RED._('ami-hes-endpoint.errors.no-endpoint'));
+      if (endpoints.length === 0) throw new NodeConfigError('no HES address: set the primary (or secondary) HES URL');
       for (const url of endpoints) {
         try {
           parseCoapUrl(url);
@@ -42,7 +42,7 @@ export = function register(RED: NodeAPI): void {
       requestTimeoutMs = numberProperty('Timeout', def.timeout, DEFAULT_UPLINK_OPTIONS.requestTimeoutMs, 100, 120_000);
     } catch (err) {
       configError = (err as Error).message;
-      node.error(RED._('ami-hes-endpoint.errors.config', { error: configError }));
+      node.error(`${RED._('ami-hes-endpoint.errors.config')}: ${configError}`);
     }
 
     function open(): void {
@@ -67,7 +67,7 @@ export = function register(RED: NodeAPI): void {
       link.on('failed', (err, count) => {
         gatewayHealth.increment('hesFailed', count);
         gatewayHealth.setProblem(healthKey, err.message);
-        node.warn(RED._('ami-hes-endpoint.errors.delivery', { count, error: err.message }));
+        node.warn(`${RED._('ami-hes-endpoint.errors.delivery', { count })}: ${err.message}`);
         users.status({ fill: 'red', shape: 'ring', text: RED._('ami-hes-endpoint.status.unavailable', { depth: link.depth }) });
       });
       link.on('endpoint', (endpoint) => node.log(RED._('ami-hes-endpoint.log.switched', { endpoint })));

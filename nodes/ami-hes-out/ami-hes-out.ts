@@ -36,7 +36,7 @@ export = function register(RED: NodeAPI): void {
         if (!(err instanceof ReadingFormatError)) throw err;
         // A reading the HES would never take: the meter is told, not asked to retry forever.
         if (exchangeId) settleExchange(exchangeId, { accepted: false, reason: err.message });
-        done(new Error(RED._('ami-hes-out.errors.bad-payload', { error: err.message })));
+        done(new Error(`${RED._('ami-hes-out.errors.bad-payload')}: ${err.message}`));
         return;
       }
       hes.deliver(record).then(
@@ -48,7 +48,7 @@ export = function register(RED: NodeAPI): void {
         },
         (err: Error & { code?: string }) => {
           if (exchangeId) settleExchange(exchangeId, { accepted: false, reason: err.message });
-          done(new Error(RED._('ami-hes-out.errors.delivery', { key: record.key, code: err.code ?? 'ERROR', error: err.message })));
+          done(new Error(`${RED._('ami-hes-out.errors.delivery')} ${record.key} (${err.code ?? 'ERROR'}): ${err.message}`));
         },
       );
     });

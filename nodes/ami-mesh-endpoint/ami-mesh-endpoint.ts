@@ -45,7 +45,7 @@ export = function register(RED: NodeAPI): void {
       retryAfterSeconds = numberProperty('Retry after', def.retryAfter, DEFAULT_RETRY_AFTER_SECONDS, 1, 86_400);
     } catch (err) {
       configError = (err as Error).message;
-      node.error(RED._('ami-mesh-endpoint.errors.config', { error: configError }));
+      node.error(`${RED._('ami-mesh-endpoint.errors.config')}: ${configError}`);
     }
 
     function open(): void {
@@ -63,9 +63,9 @@ export = function register(RED: NodeAPI): void {
       });
       mesh.on('rejected', (reason, message, peer) => {
         gatewayHealth.increment('meshRejected');
-        node.warn(RED._('ami-mesh-endpoint.errors.rejected', { reason, message, peer: `[${peer.address}]:${peer.port}` }));
+        node.warn(`${RED._('ami-mesh-endpoint.errors.rejected', { peer: `[${peer.address}]:${peer.port}` })} (${reason}): ${message}`);
       });
-      mesh.on('error', (err) => node.error(RED._('ami-mesh-endpoint.errors.runtime', { error: err.message })));
+      mesh.on('error', (err) => node.error(`${RED._('ami-mesh-endpoint.errors.runtime')}: ${err.message}`));
       listen(mesh);
     }
 
@@ -79,7 +79,7 @@ export = function register(RED: NodeAPI): void {
         },
         (err: NodeJS.ErrnoException) => {
           const text = err.code ?? err.message;
-          node.error(RED._('ami-mesh-endpoint.errors.listen', { bind, port, error: err.message, seconds: LISTEN_RETRY_MS / 1000 }));
+          node.error(`${RED._('ami-mesh-endpoint.errors.listen', { bind, port, seconds: LISTEN_RETRY_MS / 1000 })}: ${err.message}`);
           gatewayHealth.setProblem(healthKey, `cannot listen on [${bind}]:${port}: ${text}`);
           users.status({ fill: 'red', shape: 'ring', text });
           // The port may be held for a moment by a process that is going away: keep trying while needed.

@@ -1,4 +1,4 @@
-import { createWriteStream, existsSync, mkdirSync, renameSync, statSync, type WriteStream } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, renameSync, statSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { inspect } from 'node:util';
 import { LOG_LEVELS, type LogLevel } from './config.js';
@@ -37,9 +37,11 @@ const NODE_RED_LEVELS: Record<number, LogLevel | 'audit' | 'metric'> = {
 /**
  * The appliance's one log: every line goes to stdout and to a rotating file
  * under the data directory, from our own components and from Node-RED alike.
+ * File writes are synchronous: a few lines a second cost nothing, and a line
+ * logged just before a crash is on disk.
  */
 export class ApplianceLog {
-  private stream: WriteStream | undefined;
+  private fd: number | undefined;
   private fileBytes = 0;
   private readonly threshold: number;
 
@@ -48,7 +50,7 @@ export class ApplianceLog {
     if (options.file) {
       mkdirSync(path.dirname(options.file), { recursive: true, mode: 0o750 });
       this.fileBytes = existsSync(options.file) ? statSync(options.file).size : 0;
-      this.stream = createWriteStream(options.file, { flags: 'a', mode: 0o640 });
+      this.fd = openSync(options.file, 'a', 0o640);
     }
   }
 
@@ -60,8 +62,8 @@ export class ApplianceLog {
     if (!this.enabled(level)) return;
     const line = `${new Date().toISOString()} ${level.padEnd(5)} [${component}] ${message}\n`;
     (this.options.stdout ?? ((text: string) => process.stdout.write(text)))(line);
-    if (this.stream) {
-      this.stream.write(line);
+    if (this.fd !== undefined) {
+      writeSync(this.fd, line);
       this.fileBytes += Buffer.byteLength(line);
       if (this.fileBytes >= (this.options.maxFileBytes ?? DEFAULT_MAX_FILE_BYTES)) this.rotate();
     }
@@ -93,19 +95,18 @@ export class ApplianceLog {
   private rotate(): void {
     const file = this.options.file as string;
     const keep = this.options.keepFiles ?? 5;
-    this.stream?.end();
+    if (this.fd !== undefined) closeSync(this.fd);
     for (let i = keep - 1; i >= 1; i--) {
       if (existsSync(`${file}.${i}`)) renameSync(`${file}.${i}`, `${file}.${i + 1}`);
     }
     if (existsSync(file)) renameSync(file, `${file}.1`);
-    this.stream = createWriteStream(file, { flags: 'a', mode: 0o640 });
+    this.fd = openSync(file, 'a', 0o640);
     this.fileBytes = 0;
   }
 
   async close(): Promise<void> {
-    const stream = this.stream;
-    this.stream = undefined;
-    if (stream) await new Promise<void>((resolve) => stream.end(() => resolve()));
+    if (this.fd !== undefined) closeSync(this.fd);
+    this.fd = undefined;
   }
 }
 

@@ -10,6 +10,10 @@ export interface CoapResponse {
   maxAge: number | undefined;
 }
 
+/** Block size exponent 6: 2^(4+6) = 1024 bytes, the largest RFC 7959 allows. */
+const BLOCK_SZX = 6;
+export const BLOCK_BYTES = 1024;
+
 export class CoapRequestError extends Error {
   override readonly name = 'CoapRequestError';
   constructor(
@@ -62,6 +66,10 @@ export function coapCall(url: string, options: CoapCallOptions): Promise<CoapRes
       agent,
     });
     if (options.contentFormat !== undefined) req.setOption('Content-Format', options.contentFormat);
+    if (options.payload !== undefined && options.payload.length > BLOCK_BYTES) {
+      // RFC 7959 Block1: payloads larger than one block go in 1024-byte blocks.
+      req.setOption('Block1', Buffer.of(BLOCK_SZX));
+    }
     if (options.accept !== undefined) req.setOption('Accept', options.accept);
     const timer = setTimeout(() => {
       finish(() => reject(new CoapRequestError('TIMEOUT', `no response from ${url} within ${options.timeoutMs} ms`)));

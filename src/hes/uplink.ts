@@ -137,29 +137,34 @@ export class HesUplink extends EventEmitter<HesUplinkEvents> {
     const count = this.options.endpoints.length;
     for (let attempt = 0; attempt < count; attempt++) {
       const index = (this.activeIndex + attempt) % count;
-      const endpoint = this.options.endpoints[index] as string;
-      let outcome: 'done' | 'next';
       try {
-        outcome = await this.deliverTo(endpoint, payload, batch);
+        if ((await this.deliverTo(index, payload, batch)) === 'done') return;
       } catch (err) {
-        failures.push(`${endpoint}: ${(err as Error).message}`);
-        outcome = 'next';
-      }
-      if (outcome === 'done') {
-        if (index !== this.activeIndex) {
-          this.activeIndex = index;
-          this.emit('endpoint', endpoint);
-        }
-        return;
+        failures.push(`${this.options.endpoints[index]}: ${(err as Error).message}`);
       }
     }
     const error = new HesUplinkError('UNAVAILABLE', `no HES accepted the batch (${failures.join('; ')})`);
-    for (const entry of batch) entry.reject(error);
     this.emit('failed', error, batch.length);
+    for (const entry of batch) this.settle(entry, error);
+  }
+
+  /** Tells a submitter the outcome of its record; it no longer counts as waiting. */
+  private settle(entry: Queued, error?: HesUplinkError): void {
+    this.inFlight = Math.max(0, this.inFlight - 1);
+    if (error) entry.reject(error);
+    else entry.resolve();
+  }
+
+  /** The endpoint that just answered becomes the active one, before anyone hears of the outcome. */
+  private activate(index: number): void {
+    if (index === this.activeIndex) return;
+    this.activeIndex = index;
+    this.emit('endpoint', this.activeEndpoint);
   }
 
   /** 'done' when this endpoint gave a final answer for the batch, 'next' to try another. */
-  private async deliverTo(endpoint: string, payload: Buffer, batch: Queued[]): Promise<'done' | 'next'> {
+  private async deliverTo(index: number, payload: Buffer, batch: Queued[]): Promise<'done' | 'next'> {
+    const endpoint = this.options.endpoints[index] as string;
     const response = await coapCall(hesResourceUrl(endpoint, RECORDS_PATH), {
       method: 'POST',
       payload,
@@ -175,16 +180,15 @@ export class HesUplink extends EventEmitter<HesUplinkEvents> {
         if (err instanceof HesContractError) throw new Error(`unreadable acknowledgement: ${err.message}`);
         throw err;
       }
-      const delivered: HesRecord[] = [];
-      for (const entry of batch) {
-        if (accepted.has(entry.record.key)) {
-          delivered.push(entry.record);
-          entry.resolve();
-        } else {
-          entry.reject(new HesUplinkError('REJECTED', `HES did not accept record ${entry.record.key}`));
-        }
-      }
+      this.activate(index);
+      const delivered = batch.filter((entry) => accepted.has(entry.record.key)).map((entry) => entry.record);
       this.emit('delivered', delivered, endpoint);
+      for (const entry of batch) {
+        this.settle(
+          entry,
+          accepted.has(entry.record.key) ? undefined : new HesUplinkError('REJECTED', `HES did not accept record ${entry.record.key}`),
+        );
+      }
       return 'done';
     }
     if (response.code.startsWith('4.')) {
@@ -192,8 +196,9 @@ export class HesUplink extends EventEmitter<HesUplinkEvents> {
         'REJECTED',
         `HES refused the batch with ${response.code}: ${response.payload.toString('utf8').slice(0, 200)}`,
       );
-      for (const entry of batch) entry.reject(error);
+      this.activate(index);
       this.emit('failed', error, batch.length);
+      for (const entry of batch) this.settle(entry, error);
       return 'done';
     }
     throw new Error(`answered ${response.code}${response.maxAge === undefined ? '' : ` (Max-Age ${response.maxAge})`}`);

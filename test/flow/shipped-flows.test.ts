@@ -1,0 +1,94 @@
+import { readdirSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { coapCall } from '../../src/coap/request.js';
+import { CONTENT_FORMAT, encodeReading } from '../../src/coap/reading.js';
+import { HesSimulator } from '../../src/sim/hes.js';
+import { freeUdpPort } from '../helpers/ports.js';
+import { allNodes, coreNodes, initHelper, nextInput } from './setup.js';
+
+const helper = initHelper();
+const FLOWS_DIR = path.resolve(__dirname, '..', '..', 'flows');
+type FlowNode = Record<string, unknown> & { id: string; type: string };
+
+function readFlow(file: string): FlowNode[] {
+  return JSON.parse(readFileSync(path.join(FLOWS_DIR, file), 'utf8')) as FlowNode[];
+}
+
+let hes: HesSimulator;
+const savedEnv = { ...process.env };
+
+beforeAll(async () => {
+  hes = new HesSimulator({ port: 0, bind: '::1' });
+  await hes.start();
+  process.env.AMI_HES_PRIMARY = hes.url;
+  process.env.AMI_HES_SECONDARY = '';
+  process.env.AMI_MESH_BIND = '::1';
+  process.env.AMI_GATEWAY_ID = 'gw-flow-test';
+});
+
+afterAll(async () => {
+  await hes.stop();
+  process.env = savedEnv;
+});
+
+afterEach(async () => {
+  await helper.unload();
+});
+
+const modules = [...allNodes, ...Object.values(coreNodes)];
+
+describe('shipped flows', () => {
+  const files = readdirSync(FLOWS_DIR).filter((file) => file.endsWith('.json'));
+
+  it('has the default appliance flow and at least one example', () => {
+    expect(files).toContain('default-appliance.json');
+    expect(files.length).toBeGreaterThanOrEqual(2);
+  });
+
+  it.each(files)('%s deploys: every node is created, no unknown types', async (file) => {
+    process.env.AMI_MESH_PORT = String(await freeUdpPort());
+    const flow = readFlow(file);
+    await helper.load(modules, flow);
+    for (const node of flow.filter((n) => n.type !== 'tab')) {
+      expect(helper.getNode(node.id), `${file}: node ${node.id} (${node.type})`).toBeTruthy();
+    }
+  });
+
+  it('default-appliance.json carries a meter reading to the HES and acknowledges the meter', async () => {
+    const meshPort = await freeUdpPort();
+    process.env.AMI_MESH_PORT = String(meshPort);
+    await helper.load(modules, readFlow('default-appliance.json'));
+    const meshIn = helper.getNode('a1f0c0de00000005')!;
+    await new Promise<void>((resolve) =>
+      meshIn.on('call:status', (call: unknown) => {
+        if ((call as { args: [{ fill?: string }] }).args[0].fill === 'green') resolve();
+      }),
+    );
+    const reading = { id: 'default-1', meter: 'mtr-default', ts: Date.now(), values: [{ obis: '1.0.1.8.0.255', value: 1 }] };
+    const response = await coapCall(`coap://[::1]:${meshPort}/readings`, {
+      method: 'POST',
+      payload: encodeReading(reading),
+      contentFormat: CONTENT_FORMAT.cbor,
+      timeoutMs: 10_000,
+    });
+    expect(response.code).toBe('2.04');
+    expect(hes.has('mtr-default/default-1')).toBe(true);
+  });
+
+  it('send-test-reading.json sends a reading to the HES when its inject node fires', async () => {
+    process.env.AMI_MESH_PORT = String(await freeUdpPort());
+    await helper.load(modules, readFlow('send-test-reading.json'));
+    const stored = new Promise<string>((resolve) => {
+      const stop = hes.onStored((key) => {
+        stop();
+        resolve(key);
+      });
+    });
+    const delivered = nextInput(helper.getNode('b2e0c0de00000006')!);
+    helper.getNode('b2e0c0de00000003')!.receive({});
+    const key = await stored;
+    expect(key).toMatch(/^test-meter\/test-\d+$/);
+    expect((await delivered).hes).toEqual({ endpoint: hes.url, key });
+  });
+});

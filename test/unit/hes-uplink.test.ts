@@ -1,0 +1,90 @@
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { HesSimulator } from '../../src/sim/hes.js';
+import { HesUplink, HesUplinkError } from '../../src/hes/uplink.js';
+import type { HesRecord } from '../../src/hes/contract.js';
+import { freeUdpPort } from '../helpers/ports.js';
+
+let hes: HesSimulator;
+const uplinks: HesUplink[] = [];
+
+function record(n: number): HesRecord {
+  return { key: `m/${n}`, kind: 'reading', meter: 'm', ts: n, body: { n } };
+}
+
+function uplink(endpoints: string[], overrides: Partial<ConstructorParameters<typeof HesUplink>[0]> = {}): HesUplink {
+  const link = new HesUplink({ gateway: 'gw', endpoints, requestTimeoutMs: 800, lingerMs: 5, maxBatch: 64, maxQueued: 1000, ...overrides });
+  uplinks.push(link);
+  return link;
+}
+
+beforeEach(async () => {
+  hes = new HesSimulator({ port: 0, bind: '::1' });
+  await hes.start();
+});
+
+afterEach(async () => {
+  for (const link of uplinks.splice(0)) await link.close();
+  await hes.stop();
+});
+
+describe('HesUplink', () => {
+  it('batches concurrent submissions and resolves each once the HES stored it', async () => {
+    const link = uplink([hes.url]);
+    const batches: number[] = [];
+    link.on('delivered', (records) => batches.push(records.length));
+    await Promise.all(Array.from({ length: 200 }, (_, i) => link.submit(record(i))));
+    for (let i = 0; i < 200; i++) expect(hes.has(`m/${i}`)).toBe(true);
+    expect(batches.reduce((a, b) => a + b, 0)).toBe(200);
+    // 200 records travel in a few batches of at most 64, not 200 requests.
+    expect(batches.length).toBeLessThanOrEqual(8);
+    expect(Math.max(...batches)).toBeLessThanOrEqual(64);
+    expect(link.depth).toBe(0);
+  });
+
+  it('fails over to the secondary when the primary does not answer, and stays there', async () => {
+    const dead = `coap://[::1]:${await freeUdpPort()}`;
+    const link = uplink([dead, hes.url]);
+    const switched: string[] = [];
+    link.on('endpoint', (endpoint) => switched.push(endpoint));
+    await link.submit(record(1));
+    expect(hes.has('m/1')).toBe(true);
+    expect(switched).toEqual([hes.url]);
+    expect(link.activeEndpoint).toBe(hes.url);
+    await link.submit(record(2));
+    expect(switched).toEqual([hes.url]);
+  });
+
+  it('rejects with UNAVAILABLE when no HES answers', async () => {
+    const link = uplink([`coap://[::1]:${await freeUdpPort()}`]);
+    const failure = link.submit(record(1)).catch((err: unknown) => err);
+    const err = (await failure) as HesUplinkError;
+    expect(err).toBeInstanceOf(HesUplinkError);
+    expect(err.code).toBe('UNAVAILABLE');
+  });
+
+  it('treats 5.03 from the HES as unavailable', async () => {
+    hes.refuseNext(1);
+    const link = uplink([hes.url]);
+    const err = (await link.submit(record(1)).catch((e: unknown) => e)) as HesUplinkError;
+    expect(err.code).toBe('UNAVAILABLE');
+    expect(err.message).toContain('5.03');
+    await link.submit(record(1));
+    expect(hes.has('m/1')).toBe(true);
+  });
+
+  it('refuses at once when too many records wait', async () => {
+    const link = uplink([`coap://[::1]:${await freeUdpPort()}`], { maxQueued: 2 });
+    const pending = [link.submit(record(1)).catch(() => 'failed'), link.submit(record(2)).catch(() => 'failed')];
+    const err = (await link.submit(record(3)).catch((e: unknown) => e)) as HesUplinkError;
+    expect(err.code).toBe('QUEUE_FULL');
+    expect(await Promise.all(pending)).toEqual(['failed', 'failed']);
+  });
+
+  it('rejects what is still queued when closed', async () => {
+    const link = uplink([hes.url], { lingerMs: 10_000 });
+    const queued = link.submit(record(1)).catch((e: unknown) => e);
+    await link.close();
+    expect(((await queued) as HesUplinkError).code).toBe('CLOSED');
+    expect(((await link.submit(record(2)).catch((e: unknown) => e)) as HesUplinkError).code).toBe('CLOSED');
+  });
+});
