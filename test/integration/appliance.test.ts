@@ -1,5 +1,5 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { once } from 'node:events';
@@ -162,5 +162,40 @@ describe('ami-gateway start (headless appliance)', () => {
     });
     expect(result.status).toBe(3);
     expect(result.stderr).toContain('cannot read');
+  });
+});
+
+describe('ami-gateway start with admin users', () => {
+  it('enforces Node-RED adminAuth from the settings file and binds where AMI_HTTP_BIND says', async () => {
+    const dataDir = tempDir();
+    const hash = spawnSync(process.execPath, [CLI, 'hash-password'], { cwd: REPO_ROOT, input: 'field-engineer-pass\n', encoding: 'utf8' });
+    expect(hash.status).toBe(0);
+    const passwordHash = hash.stdout.trim();
+    expect(passwordHash).toMatch(/^\$2[aby]\$10\$/);
+    writeFileSync(path.join(dataDir, 'ami-settings.json'), JSON.stringify({ adminUsers: [{ username: 'ops', password: passwordHash, permissions: '*' }] }));
+
+    // Tests stay on loopback: the operator's AMI_HTTP_BIND decides where an authenticated editor listens.
+    const appliance = await startApplianceProcess({ AMI_DATA_DIR: dataDir, AMI_HTTP_BIND: '127.0.0.1', AMI_SIM_METERS: '0' });
+    running.push(appliance);
+    await appliance.waitForHealth((h) => h.hesEndpoint !== null);
+
+    const anonymous = await fetch(`${appliance.baseUrl}/flows`);
+    expect(anonymous.status).toBe(401);
+    const wrong = await fetch(`${appliance.baseUrl}/auth/token`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+      body: new URLSearchParams({ client_id: 'node-red-admin', grant_type: 'password', scope: '*', username: 'ops', password: 'nope' }),
+    });
+    expect(wrong.status).toBe(403);
+    const login = await fetch(`${appliance.baseUrl}/auth/token`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+      body: new URLSearchParams({ client_id: 'node-red-admin', grant_type: 'password', scope: '*', username: 'ops', password: 'field-engineer-pass' }),
+    });
+    expect(login.status).toBe(200);
+    const { access_token: token } = (await login.json()) as { access_token: string };
+    const flows = await fetch(`${appliance.baseUrl}/flows`, { headers: { authorization: `Bearer ${token}` } });
+    expect(flows.status).toBe(200);
+    expect(appliance.output()).toContain('adminAuth enforced for 1 user(s)');
   });
 });
