@@ -74,7 +74,7 @@ export async function startAppliance(config: ApplianceConfig): Promise<RunningAp
     // documented default so the flow never sees an empty value.
     let hesPrimary = config.hesPrimary;
     if (hesPrimary === undefined && config.hesSecondary === undefined) {
-      const hes = new HesSimulator({ port: 0, bind: '::1', log: log.component('hes-sim'), summaryEverySeconds: 30 });
+      const hes = new HesSimulator({ port: 0, bind: '::1', log: log.component('hes-sim'), summaryEverySeconds: 10 });
       await hes.start();
       started.push(['the HES simulator', () => hes.stop()]);
       hesPrimary = hes.url;
@@ -130,7 +130,7 @@ export async function startAppliance(config: ApplianceConfig): Promise<RunningAp
         gateway: formatCoapUrl(meshTargetHost(config.meshBind), config.meshPort),
         intervalMs: config.simIntervalSeconds * 1000,
         log: log.component('sim-meters'),
-        summaryEverySeconds: 30,
+        summaryEverySeconds: 10,
       });
       await fleet.start();
       started.push(['the meter fleet', () => fleet.stop()]);
