@@ -66,6 +66,14 @@ async function start(): Promise<void> {
   const config = loadConfig();
   const { startAppliance } = await import('./runtime.js');
   const appliance = await startAppliance(config);
+  // As Node-RED's own launcher does: a fault nobody caught leaves the process
+  // in an unknown state, so log it and exit non-zero; systemd restarts the gateway.
+  const fatal = (kind: string) => (err: unknown) => {
+    appliance.log.write('fatal', 'appliance', `${kind}: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
+    process.exit(EXIT.failure);
+  };
+  process.on('uncaughtException', fatal('uncaught exception'));
+  process.on('unhandledRejection', fatal('unhandled promise rejection'));
   stopOnSignal('the gateway', () => appliance.stop());
 }
 
