@@ -48,7 +48,7 @@ export = function register(RED: NodeAPI): void {
     function open(): void {
       if (configError !== undefined) {
         gatewayHealth.setProblem(healthKey, configError);
-        users.status({ fill: 'red', shape: 'ring', text: 'ami-hes-endpoint.status.misconfigured' });
+        users.status({ fill: 'red', shape: 'ring', text: RED._('ami-hes-endpoint.status.misconfigured') });
         return;
       }
       const link = new HesUplink({

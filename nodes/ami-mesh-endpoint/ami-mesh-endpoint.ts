@@ -50,12 +50,12 @@ export = function register(RED: NodeAPI): void {
 
     function open(): void {
       if (configError !== undefined) {
-        users.status({ fill: 'red', shape: 'ring', text: 'ami-mesh-endpoint.status.misconfigured' });
+        users.status({ fill: 'red', shape: 'ring', text: RED._('ami-mesh-endpoint.status.misconfigured') });
         return;
       }
       const mesh = new MeshEndpoint({ bind, port, acceptTimeoutMs, retryAfterSeconds });
       endpoint = mesh;
-      users.status({ fill: 'yellow', shape: 'ring', text: 'ami-mesh-endpoint.status.starting' });
+      users.status({ fill: 'yellow', shape: 'ring', text: RED._('ami-mesh-endpoint.status.starting') });
       mesh.on('received', () => gatewayHealth.increment('meshReceived'));
       mesh.on('deferred', (_uplink, reason) => {
         gatewayHealth.increment('meshDeferred');

@@ -1,0 +1,243 @@
+// Drives the Node-RED editor of a real appliance (bin/ami-gateway.js start)
+// with Debian's Chromium through playwright-core: our palette, the edit
+// dialog and help of "mesh in", a rename + deploy, and Import > Examples.
+//
+// Needs /usr/bin/chromium (Debian package "chromium"); playwright never
+// downloads a browser here. Run: npm run build && npx vitest run test/browser
+// Set AMI_BROWSER_ARTIFACTS=<dir> to keep the screenshots (they are kept in a
+// temporary directory, whose path is printed, whenever a test fails).
+import { mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { chromium, type BrowserContext, type Page } from 'playwright-core';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { startApplianceProcess, type ApplianceProcess } from '../helpers/appliance.js';
+
+const CHROMIUM = process.env.AMI_CHROMIUM ?? '/usr/bin/chromium';
+const MODULE = 'node-red-contrib-ami-gateway';
+// Ids from flows/default-appliance.json, installed as the appliance's first flow.
+const MESH_IN_ID = 'a1f0c0de00000005';
+const HES_OUT_ID = 'a1f0c0de00000006';
+const HELP_FIRST_SENTENCE = "Receives meter readings posted to the gateway's mesh CoAP endpoint.";
+/** A message-catalog key of one of our nodes shown instead of its translation. */
+const RAW_KEY = /\bami-(?:mesh|hes)-(?:in|out|endpoint)\.[A-Za-z][\w.-]*/;
+/** Per UI step; the whole file stays well under a minute. */
+const STEP_MS = 15_000;
+
+let appliance: ApplianceProcess | undefined;
+let context: BrowserContext | undefined;
+let page: Page;
+let userDataDir: string | undefined;
+let artifactsDir: string;
+let keepArtifacts = process.env.AMI_BROWSER_ARTIFACTS !== undefined;
+const failedResponses: string[] = [];
+const pageErrors: string[] = [];
+
+function shot(name: string): string {
+  return path.join(artifactsDir, `${name}.png`);
+}
+
+function flowNode(id: string) {
+  return page.locator(`#red-ui-workspace-chart g.red-ui-flow-node-group[id="${id}"]`);
+}
+
+beforeAll(async () => {
+  artifactsDir = process.env.AMI_BROWSER_ARTIFACTS ?? mkdtempSync(path.join(os.tmpdir(), 'ami-editor-shots-'));
+  mkdirSync(artifactsDir, { recursive: true });
+  appliance = await startApplianceProcess({ AMI_SIM_METERS: '2', AMI_SIM_INTERVAL: '1' });
+  // /ami/health answering means the runtime and its HTTP server (the editor) are up.
+  await appliance.waitForHealth(() => true, 30_000);
+
+  userDataDir = mkdtempSync(path.join(os.tmpdir(), 'ami-chromium-'));
+  context = await chromium.launchPersistentContext(userDataDir, {
+    executablePath: CHROMIUM,
+    headless: true,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--no-first-run'],
+    viewport: { width: 1400, height: 900 },
+    deviceScaleFactor: 2, // sharp element screenshots; page screenshots use scale: 'css'
+    locale: 'en-US',
+  });
+  page = context.pages()[0] ?? (await context.newPage());
+  page.setDefaultTimeout(STEP_MS);
+  page.on('response', (response) => {
+    if (response.status() >= 400) failedResponses.push(`${response.status()} ${response.request().method()} ${response.url()}`);
+  });
+  page.on('pageerror', (err) => pageErrors.push(err.message));
+});
+
+afterEach(async (ctx) => {
+  if (ctx.task.result?.state === 'fail') {
+    keepArtifacts = true;
+    await page?.screenshot({ path: shot(`failed-${ctx.task.name.replace(/[^\w-]+/g, '_').slice(0, 60)}`), scale: 'css' }).catch(() => undefined);
+  }
+});
+
+afterAll(async () => {
+  // Closing the persistent context ends the Chromium process.
+  await context?.close().catch(() => undefined);
+  if (userDataDir) rmSync(userDataDir, { recursive: true, force: true });
+  if (appliance) {
+    await Promise.race([appliance.stop(), new Promise((resolve) => setTimeout(resolve, 15_000))]);
+    appliance.cleanup();
+  }
+  if (keepArtifacts) console.log(`editor screenshots kept in ${artifactsDir}`);
+  else rmSync(artifactsDir, { recursive: true, force: true });
+});
+
+describe('Node-RED editor of the appliance (Chromium)', () => {
+  it('loads the editor with our palette category and nodes, icons and labels translated', async () => {
+    await page.goto(`${appliance!.baseUrl}/`);
+    const category = page.locator('#red-ui-palette-container-AMI_gateway');
+    await category.waitFor({ state: 'visible' });
+    await flowNode(MESH_IN_ID).waitFor({ state: 'visible' });
+    await flowNode(HES_OUT_ID).waitFor({ state: 'visible' });
+    await page.locator('#red-ui-loading-progress').waitFor({ state: 'hidden' });
+
+    expect((await category.locator('.red-ui-palette-header').innerText()).trim()).toBe('AMI gateway');
+    const meshIn = category.locator('.red-ui-palette-node[data-palette-type="ami-mesh-in"]');
+    const hesOut = category.locator('.red-ui-palette-node[data-palette-type="ami-hes-out"]');
+    expect(await meshIn.locator('.red-ui-palette-label').innerText()).toBe('mesh in');
+    expect(await hesOut.locator('.red-ui-palette-label').innerText()).toBe('hes out');
+    expect(await category.locator('.red-ui-palette-node').count()).toBe(2);
+
+    // Icons: the editor only uses a module's icon path when the runtime listed the file.
+    const icons: Array<[string, string]> = [
+      ['ami-mesh-in', `icons/${MODULE}/ami-mesh.svg`],
+      ['ami-hes-out', `icons/${MODULE}/ami-hes.svg`],
+    ];
+    for (const [type, icon] of icons) {
+      const container = category.locator(`.red-ui-palette-node[data-palette-type="${type}"] .red-ui-palette-icon-container`);
+      expect(await container.getAttribute('data-palette-icon')).toBe(icon);
+      expect(await container.locator('.red-ui-palette-icon').getAttribute('style')).toContain(icon);
+      const response = await fetch(`${appliance!.baseUrl}/${icon}`);
+      expect(response.status).toBe(200);
+      expect(response.headers.get('content-type')).toMatch(/^image\/svg\+xml/);
+      expect(await response.text()).toContain('<svg');
+    }
+    // SVG <image xlink:href>: matched with a namespace-agnostic attribute selector.
+    expect(await flowNode(MESH_IN_ID).locator(`image.red-ui-flow-node-icon[*|href="${icons[0]![1]}"]`).count()).toBe(1);
+    expect(await flowNode(HES_OUT_ID).locator(`image.red-ui-flow-node-icon[*|href="${icons[1]![1]}"]`).count()).toBe(1);
+
+    // Workspace labels and the port label (outputLabels), translated.
+    expect(await flowNode(MESH_IN_ID).locator('.red-ui-flow-node-label').textContent()).toBe('Meter readings');
+    expect(await flowNode(HES_OUT_ID).locator('.red-ui-flow-node-label').textContent()).toBe('To HES');
+    await flowNode(MESH_IN_ID).locator('.red-ui-flow-port').first().hover();
+    const tooltip = page.locator('.red-ui-flow-port-tooltip');
+    await tooltip.waitFor({ state: 'visible' });
+    expect(await tooltip.textContent()).toBe('meter reading');
+    await page.mouse.move(700, 600);
+
+    const paletteText = await category.innerText();
+    const chartText = (await page.locator('#red-ui-workspace-chart').textContent()) ?? '';
+    expect(paletteText).not.toMatch(RAW_KEY);
+    expect(chartText).not.toMatch(RAW_KEY);
+  });
+
+  it('opens the "Meter readings" edit dialog with our fields and shows our help', async () => {
+    const tray = page.locator('.red-ui-tray', { has: page.locator('#node-input-ackMode') });
+    const node = flowNode(MESH_IN_ID).locator('rect.red-ui-flow-node');
+    await node.dblclick();
+    try {
+      await tray.waitFor({ state: 'visible', timeout: 5_000 });
+    } catch {
+      // Node-RED recognises a double-click itself (two mousedowns within 650 ms), which a
+      // heavily loaded machine can miss. Enter edits the selected node, like a double-click.
+      await node.click();
+      await page.keyboard.press('Enter');
+      await tray.waitFor({ state: 'visible' });
+    }
+    expect(await tray.locator('.red-ui-tray-titlebar').innerText()).toContain('Edit mesh in node');
+
+    // Endpoint: a config-node select holding the flow's mesh endpoint.
+    const endpoint = tray.locator('select#node-input-endpoint');
+    await endpoint.waitFor({ state: 'visible' });
+    expect(await endpoint.inputValue()).toBe('a1f0c0de00000002');
+    expect(await endpoint.locator('option:checked').innerText()).toBe('Meter mesh');
+    expect((await tray.locator('label[for="node-input-endpoint"]').innerText()).trim()).toBe('Endpoint');
+
+    const ackMode = tray.locator('select#node-input-ackMode');
+    expect(await ackMode.inputValue()).toBe('accepted');
+    expect((await tray.locator('label[for="node-input-ackMode"]').innerText()).trim()).toBe('Acknowledge');
+    const options: Array<[string | null, string | null]> = [];
+    for (const option of await ackMode.locator('option').all()) {
+      options.push([await option.getAttribute('value'), await option.textContent()]);
+    }
+    expect(options).toEqual([
+      ['accepted', 'when a node accepts the reading (hes out)'],
+      ['received', 'as soon as the flow receives it'],
+    ]);
+    expect(await tray.locator('#node-input-name').inputValue()).toBe('Meter readings');
+    expect(await tray.innerText()).not.toMatch(RAW_KEY);
+
+    // The dialog's help button opens the Help sidebar tab on our node's help.
+    await tray.locator('.red-ui-tray-footer-left button:has(i.fa-book)').click();
+    // The outer .red-ui-help holds the title and the node's help (itself a .red-ui-help).
+    const help = page.locator('.red-ui-sidebar-info .red-ui-help', { hasText: HELP_FIRST_SENTENCE }).first();
+    await help.waitFor({ state: 'visible' });
+    expect(await page.locator('#red-ui-tab-help').getAttribute('class')).toMatch(/\bactive\b/);
+    expect((await help.innerText()).trim()).toMatch(/^mesh in\s+Receives meter readings posted to the gateway's mesh CoAP endpoint\./);
+    expect(await help.innerText()).toContain('exchangeId');
+    await page.screenshot({ path: shot('edit-dialog-and-help'), scale: 'css' });
+  });
+
+  it('renames the node, deploys it, and the admin API returns the new name', async () => {
+    const newName = `Meter readings ${Date.now().toString(36)}`;
+    const nameInput = page.locator('#node-input-name');
+    await nameInput.fill(newName);
+    await page.locator('#node-dialog-ok').click();
+    await nameInput.waitFor({ state: 'detached' });
+    expect(await flowNode(MESH_IN_ID).locator('.red-ui-flow-node-label').textContent()).toBe(newName);
+
+    const deploy = page.locator('#red-ui-header-button-deploy');
+    await page.locator('#red-ui-header-button-deploy:not(.disabled)').waitFor({ state: 'visible' });
+    await deploy.click();
+    await page.locator('.red-ui-notification-success', { hasText: 'Successfully deployed' }).waitFor({ state: 'visible' });
+    await page.locator('#red-ui-header-button-deploy.disabled').waitFor({ state: 'visible' });
+
+    const response = await fetch(`${appliance!.baseUrl}/flows`, { headers: { 'Node-RED-API-Version': 'v2' } });
+    expect(response.status).toBe(200);
+    const { flows } = (await response.json()) as { flows: Array<{ id: string; name?: string; type: string }> };
+    expect(flows.find((n) => n.id === MESH_IN_ID)).toMatchObject({ type: 'ami-mesh-in', name: newName });
+
+    // The redeployed node is back at work: its endpoint's address shows as its status.
+    const status = flowNode(MESH_IN_ID).locator('.red-ui-flow-node-status-label');
+    await expect
+      .poll(() => status.textContent(), { timeout: STEP_MS, interval: 100 })
+      .toMatch(new RegExp(`^(\\[[0-9a-fA-F:.]+\\]|[0-9.]+):${appliance!.meshPort}$`));
+    expect((await flowNode(HES_OUT_ID).locator('.red-ui-flow-node-status-label').textContent()) ?? '').not.toMatch(RAW_KEY);
+  });
+
+  it("lists the module's example flows under Import > Examples", async () => {
+    // What the editor's examples browser reads (editor-api: GET /library/:library/:type/*).
+    const listing = await fetch(`${appliance!.baseUrl}/library/examples/flows/${MODULE}`);
+    expect(listing.status).toBe(200);
+    expect(await listing.json()).toEqual(expect.arrayContaining([{ fn: 'default-appliance' }, { fn: 'send-test-reading' }]));
+
+    await page.locator('#red-ui-header-button-sidemenu').click();
+    await page.locator('#menu-item-import').click();
+    const tabs = page.locator('#red-ui-clipboard-dialog-import-tabs');
+    await tabs.waitFor({ state: 'visible' });
+    await tabs.locator('li', { hasText: 'Examples' }).click();
+    const examples = page.locator('#red-ui-clipboard-dialog-import-tab-examples');
+    await examples.waitFor({ state: 'visible' });
+    const moduleFolder = examples.locator('.red-ui-treeList-label', { hasText: MODULE });
+    await moduleFolder.click();
+    for (const file of ['default-appliance', 'send-test-reading']) {
+      await examples.locator('.red-ui-treeList-label-text', { hasText: new RegExp(`^${file}$`) }).waitFor({ state: 'visible' });
+    }
+    await page.screenshot({ path: shot('import-examples'), scale: 'css' });
+    await page.locator('#red-ui-clipboard-dialog-cancel').click();
+    await tabs.waitFor({ state: 'hidden' });
+  });
+
+  it('renders the editor without failed requests or script errors (screenshots for review)', async () => {
+    await page.screenshot({ path: shot('editor'), scale: 'css' });
+    await page.locator('#red-ui-palette-container-AMI_gateway').screenshot({ path: shot('palette-ami-gateway'), scale: 'device' });
+    const chart = await page.locator('#red-ui-workspace-chart').boundingBox();
+    if (chart) {
+      await page.screenshot({ path: shot('flow'), scale: 'device', clip: { x: chart.x, y: chart.y, width: 520, height: 260 } });
+    }
+    expect(failedResponses).toEqual([]);
+    expect(pageErrors).toEqual([]);
+  });
+});
