@@ -47,6 +47,29 @@ export interface HesUplinkEvents {
   endpoint: [endpoint: string];
 }
 
+/**
+ * The HES's acknowledgement lists the keys it accepted, so it grows with the
+ * batch. Batches are cut so that it fits one 1024-byte CoAP block: CoAP
+ * libraries (the coap package among them) answer the later blocks of a
+ * block-wise response with 2.05 instead of the original code, which would
+ * turn a delivered batch into a failed one.
+ */
+export const MAX_ACK_BYTES = 1000;
+
+/** How many records from the head of the queue make one batch. */
+export function batchLength(queue: ReadonlyArray<{ record: HesRecord }>, maxBatch: number): number {
+  let ackBytes = 16; // map header, "accepted", array header
+  let count = 0;
+  for (const { record } of queue) {
+    // A CBOR text string costs its UTF-8 bytes plus up to 3 header bytes.
+    const cost = Buffer.byteLength(record.key) + 3;
+    if (count >= maxBatch || (count > 0 && ackBytes + cost > MAX_ACK_BYTES)) break;
+    ackBytes += cost;
+    count += 1;
+  }
+  return count;
+}
+
 /** Joins a HES base URL and a resource path without doubling slashes. */
 export function hesResourceUrl(base: string, resource: string): string {
   return base.replace(/\/+$/, '') + resource;
@@ -120,7 +143,7 @@ export class HesUplink extends EventEmitter<HesUplinkEvents> {
   private async flush(): Promise<void> {
     if (this.sending || this.queue.length === 0) return;
     this.sending = true;
-    const batch = this.queue.splice(0, this.options.maxBatch);
+    const batch = this.queue.splice(0, batchLength(this.queue, this.options.maxBatch));
     this.inFlight = batch.length;
     try {
       await this.deliver(batch);

@@ -113,7 +113,7 @@ async function appliance() {
   const httpPort = 21880 + Math.floor(Math.random() * 1000);
   const child = spawn(process.execPath, [path.join(root, 'bin/ami-gateway.js'), 'start'], {
     env: { ...process.env, AMI_DATA_DIR: dataDir, AMI_MESH_PORT: String(meshPort), AMI_HTTP_PORT: String(httpPort), AMI_SIM_METERS: '0', AMI_LOG_LEVEL: 'warn' },
-    stdio: ['ignore', 'ignore', 'inherit'],
+    stdio: ['ignore', process.env.BENCH_VERBOSE ? 'inherit' : 'ignore', 'inherit'],
   });
   try {
     for (let i = 0; i < 200; i++) {

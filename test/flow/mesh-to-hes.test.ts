@@ -197,6 +197,33 @@ describe('mesh in -> hes out', () => {
     expect(hes.stats.duplicates).toBe(duplicatesBefore + 1);
   });
 
+  it('acknowledges a burst from many meters at once, every reading stored once', async () => {
+    await loadFlow();
+    const { Agent } = await import('coap');
+    const { closeAgent } = await import('../../src/coap/request.js');
+    // Long keys make large batches and large acknowledgements (block-wise on both ways).
+    const meters = Array.from({ length: 60 }, (_, i) => ({ name: `mtr-burst-${String(i).padStart(4, '0')}-${'x'.repeat(30)}`, agent: new Agent({ type: 'udp6' }) }));
+    const codes = await Promise.all(
+      meters.flatMap((meter) =>
+        [1, 2, 3].map(async (n) => {
+          const r = await coapCall(`coap://[::1]:${meshPort}/readings`, {
+            method: 'POST',
+            payload: encodeReading(reading(`burst-${n}-${'y'.repeat(40)}`, meter.name)),
+            contentFormat: CONTENT_FORMAT.cbor,
+            timeoutMs: 20_000,
+            agent: meter.agent,
+          });
+          return r.code;
+        }),
+      ),
+    );
+    await Promise.all(meters.map((meter) => closeAgent(meter.agent)));
+    expect(codes.filter((code) => code !== '2.04')).toEqual([]);
+    for (const meter of meters) {
+      for (const n of [1, 2, 3]) expect(hes.has(`${meter.name}/burst-${n}-${'y'.repeat(40)}`)).toBe(true);
+    }
+  });
+
   it('shows a red status and no socket when the endpoint is misconfigured', async () => {
     await helper.load(allNodes, [
       TAB,

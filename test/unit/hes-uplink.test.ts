@@ -88,3 +88,22 @@ describe('HesUplink', () => {
     expect(((await link.submit(record(2)).catch((e: unknown) => e)) as HesUplinkError).code).toBe('CLOSED');
   });
 });
+
+describe('batchLength', () => {
+  it('cuts batches so that the acknowledgement of their keys fits one CoAP block', async () => {
+    const { batchLength, MAX_ACK_BYTES } = await import('../../src/hes/uplink.js');
+    const { encodeAck } = await import('../../src/hes/contract.js');
+    const queue = Array.from({ length: 300 }, (_, i) => ({ record: { ...record(i), key: `meter-${String(i).padStart(6, '0')}/reading-${'x'.repeat(i % 40)}` } }));
+    let start = 0;
+    while (start < queue.length) {
+      const length = batchLength(queue.slice(start), 64);
+      expect(length).toBeGreaterThan(0);
+      expect(length).toBeLessThanOrEqual(64);
+      const ack = encodeAck({ accepted: queue.slice(start, start + length).map((q) => q.record.key) });
+      expect(ack.length).toBeLessThanOrEqual(MAX_ACK_BYTES);
+      start += length;
+    }
+    // A single record always makes a batch, however long its key.
+    expect(batchLength([{ record: { ...record(1), key: 'k'.repeat(256) } }], 64)).toBe(1);
+  });
+});
