@@ -174,7 +174,8 @@ describe('Node-RED editor of the appliance (Chromium)', () => {
     // The outer .red-ui-help holds the title and the node's help (itself a .red-ui-help).
     const help = page.locator('.red-ui-sidebar-info .red-ui-help', { hasText: HELP_FIRST_SENTENCE }).first();
     await help.waitFor({ state: 'visible' });
-    expect(await page.locator('#red-ui-tab-help').getAttribute('class')).toMatch(/\bactive\b/);
+    // Node-RED 4 marks the sidebar tab #red-ui-tab-help .active; Node-RED 5's sidebar is a button with .selected.
+    expect(await page.locator('#red-ui-tab-help.active, button[data-tab-id="help"].selected').count()).toBe(1);
     expect((await help.innerText()).trim()).toMatch(/^mesh in\s+Receives meter readings posted to the gateway's mesh CoAP endpoint\./);
     expect(await help.innerText()).toContain('exchangeId');
     await page.screenshot({ path: shot('edit-dialog-and-help'), scale: 'css' });
