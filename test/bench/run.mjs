@@ -3,6 +3,8 @@
 //   baseline  a bare coap server that answers 2.04 at once (what the library costs)
 //   core      MeshEndpoint -> HesUplink -> HES simulator, no Node-RED
 //   appliance `ami-gateway start` (Node-RED flow mesh in -> hes out) -> HES simulator
+// Each variant runs in its own process (the appliance too), the load generator
+// in this one, so all three get the same share of the machine.
 // Each is driven by the same closed-loop load: C clients (own UDP sockets), each
 // posting its next reading as soon as the previous one is acknowledged.
 // Prints readings/s and the ratio to the baseline. Not a test: nothing asserts timings.
@@ -16,12 +18,8 @@ import { fileURLToPath } from 'node:url';
 const require = createRequire(import.meta.url);
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 const coap = require('coap');
-const { MeshEndpoint } = require(path.join(root, 'dist/src/coap/endpoint.js'));
-const { settleExchange } = require(path.join(root, 'dist/src/coap/exchanges.js'));
 const { coapCall, closeAgent } = require(path.join(root, 'dist/src/coap/request.js'));
 const { encodeReading, CONTENT_FORMAT } = require(path.join(root, 'dist/src/coap/reading.js'));
-const { HesUplink } = require(path.join(root, 'dist/src/hes/uplink.js'));
-const { HesSimulator } = require(path.join(root, 'dist/src/sim/hes.js'));
 
 const CLIENTS = Number(process.env.BENCH_CLIENTS ?? 50);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
@@ -70,40 +68,33 @@ async function drive(port, label) {
   return { label, perSecond: done / seconds, done, failed, reasons, p50: pct(0.5), p99: pct(0.99) };
 }
 
-async function baseline() {
-  const server = coap.createServer({ type: 'udp6' });
-  server.on('request', (req, res) => {
-    res.code = '2.04';
-    res.end();
+/** Starts test/bench/server.mjs VARIANT in a child process and resolves with its port and a stop function. */
+async function serverProcess(variant) {
+  const child = spawn(process.execPath, [path.join(root, 'test/bench/server.mjs'), variant], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const port = await new Promise((resolve, reject) => {
+    let out = '';
+    child.stdout.on('data', (chunk) => {
+      out += chunk;
+      const match = /port (\d+)/.exec(out);
+      if (match) resolve(Number(match[1]));
+    });
+    child.once('exit', (code) => reject(new Error(`${variant} server exited with ${code}`)));
   });
-  await new Promise((resolve) => server.listen(0, '::1', resolve));
-  const port = server._sock.address().port;
-  try {
-    return await drive(port, 'baseline');
-  } finally {
-    await new Promise((resolve) => server.close(resolve));
-  }
+  return {
+    port,
+    stop: async () => {
+      child.kill('SIGTERM');
+      await new Promise((resolve) => child.once('exit', resolve));
+    },
+  };
 }
 
-async function core() {
-  const hes = new HesSimulator({ port: 0, bind: '::1' });
-  await hes.start();
-  const uplink = new HesUplink({ gateway: 'bench', endpoints: [hes.url], requestTimeoutMs: 5000, lingerMs: 5, maxBatch: 64, maxQueued: 10_000 });
-  const endpoint = new MeshEndpoint({ bind: '::1', port: 0, acceptTimeoutMs: 1500, retryAfterSeconds: 30 });
-  endpoint.onUplink((uplink_) => {
-    const r = uplink_.reading;
-    uplink.submit({ key: `${r.meter}/${r.id}`, kind: 'reading', meter: r.meter, ts: r.ts, body: r }).then(
-      () => settleExchange(uplink_.exchangeId, { accepted: true }),
-      (err) => settleExchange(uplink_.exchangeId, { accepted: false, reason: err.message }),
-    );
-  });
-  await endpoint.start();
+async function inChild(variant) {
+  const server = await serverProcess(variant);
   try {
-    return await drive(endpoint.port, 'core');
+    return await drive(server.port, variant);
   } finally {
-    await endpoint.stop();
-    await uplink.close();
-    await hes.stop();
+    await server.stop();
   }
 }
 
@@ -133,9 +124,9 @@ async function appliance() {
   }
 }
 
-const results = [await baseline(), await core(), await appliance()];
+const results = [await inChild('baseline'), await inChild('core'), await appliance()];
 const base = results[0].perSecond;
-console.log(`mesh -> HES data path: ${CLIENTS} closed-loop meters, ${SECONDS}s each, loopback, node ${process.version}`);
+console.log(`mesh -> HES data path: ${CLIENTS} closed-loop meters, ${SECONDS}s each, loopback, node ${process.version}, ${os.cpus().length} cores`);
 console.log('variant     readings/s   ratio   p50 ms   p99 ms   failed');
 for (const r of results) {
   console.log(
