@@ -34,20 +34,22 @@ export = function register(RED: NodeAPI): void {
         record = { key: readingKey(reading.meter, reading.id), kind: 'reading', meter: reading.meter, ts: reading.ts, body: reading };
       } catch (err) {
         if (!(err instanceof ReadingFormatError)) throw err;
-        // A reading the HES would never take: the meter is told, not asked to retry forever.
-        if (exchangeId) settleExchange(exchangeId, { accepted: false, reason: err.message });
+        // Not the reading the meter sent (the mesh endpoint checked that one), so
+        // the exchange is left alone: the meter hears 5.03 when it times out.
         done(new Error(`${RED._('ami-hes-out.errors.bad-payload')}: ${err.message}`));
         return;
       }
       hes.deliver(record).then(
         (endpoint) => {
-          if (exchangeId) settleExchange(exchangeId, { accepted: true });
+          if (exchangeId && settleExchange(exchangeId, record.key, { accepted: true }) === 'key-mismatch') {
+            node.warn(`${RED._('ami-hes-out.errors.key-mismatch')} ${record.key}`);
+          }
           msg.hes = { endpoint, key: record.key };
           send(msg);
           done();
         },
         (err: Error & { code?: string }) => {
-          if (exchangeId) settleExchange(exchangeId, { accepted: false, reason: err.message });
+          if (exchangeId) settleExchange(exchangeId, record.key, { accepted: false, reason: err.message });
           done(new Error(`${RED._('ami-hes-out.errors.delivery')} ${record.key} (${err.code ?? 'ERROR'}): ${err.message}`));
         },
       );

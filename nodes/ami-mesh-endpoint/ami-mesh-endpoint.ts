@@ -50,6 +50,7 @@ export = function register(RED: NodeAPI): void {
 
     function open(): void {
       if (configError !== undefined) {
+        gatewayHealth.setProblem(healthKey, configError);
         users.status({ fill: 'red', shape: 'ring', text: RED._('ami-mesh-endpoint.status.misconfigured') });
         return;
       }
@@ -99,7 +100,8 @@ export = function register(RED: NodeAPI): void {
     node.deregister = async (user) => {
       removers.get(user.id)?.();
       removers.delete(user.id);
-      if (users.deregister(user) && endpoint) {
+      if (users.deregister(user)) gatewayHealth.setProblem(healthKey, undefined);
+      if (users.size === 0 && endpoint) {
         clearTimeout(retryTimer);
         const closing = endpoint;
         endpoint = undefined;

@@ -1,6 +1,7 @@
 import type { Node, NodeAPI, NodeDef } from 'node-red';
 import { settleExchange } from '../../src/coap/exchanges.js';
 import type { Uplink } from '../../src/coap/endpoint.js';
+import { readingKey } from '../../src/coap/reading.js';
 import type { MeshEndpointNode, MeshReadingMessage } from '../shared/types.js';
 
 interface MeshInDef extends NodeDef {
@@ -28,7 +29,9 @@ export = function register(RED: NodeAPI): void {
       };
       node.send(msg);
       // In "received" mode the flow takes responsibility as soon as it has the message.
-      if (ackMode === 'received') settleExchange(uplink.exchangeId, { accepted: true });
+      if (ackMode === 'received') {
+        settleExchange(uplink.exchangeId, readingKey(uplink.reading.meter, uplink.reading.id), { accepted: true });
+      }
     });
     node.on('close', (done: () => void) => {
       endpoint.deregister(node).then(done, (err: Error) => {

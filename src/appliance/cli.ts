@@ -85,7 +85,7 @@ async function status(args: string[]): Promise<number> {
   try {
     const response = await fetch(url, { signal: AbortSignal.timeout(5000) });
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
-    health = (await response.json()) as HealthSnapshot;
+    health = asHealthSnapshot(await response.json());
   } catch (err) {
     process.stderr.write(`ami-gateway: cannot read ${url}: ${(err as Error).message}\n`);
     return EXIT.unreachable;
@@ -104,6 +104,23 @@ async function status(args: string[]): Promise<number> {
     process.stdout.write(`${lines.join('\n')}\n`);
   }
   return health.status === 'ok' ? EXIT.ok : EXIT.failure;
+}
+
+/** Checks that a reply is a health snapshot, so a stranger on the port reads as unreachable, not degraded. */
+function asHealthSnapshot(value: unknown): HealthSnapshot {
+  const h = value as Partial<Record<keyof HealthSnapshot, unknown>> | null;
+  const numbers = ['meshReceived', 'meshRejected', 'meshDeferred', 'hesDelivered', 'hesFailed', 'outboxDepth', 'uptimeSeconds'] as const;
+  if (
+    h === null ||
+    typeof h !== 'object' ||
+    (h.status !== 'ok' && h.status !== 'degraded') ||
+    !Array.isArray(h.problems) ||
+    !numbers.every((name) => typeof h[name] === 'number') ||
+    (h.hesEndpoint !== null && typeof h.hesEndpoint !== 'string')
+  ) {
+    throw new Error('the reply is not an ami-gateway health report');
+  }
+  return h as HealthSnapshot;
 }
 
 function consoleLog(prefix: string): { info(m: string): void; warn(m: string): void } {

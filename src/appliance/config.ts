@@ -1,3 +1,4 @@
+import { isIP } from 'node:net';
 import path from 'node:path';
 import { parseCoapUrl } from '../coap/url.js';
 
@@ -63,6 +64,15 @@ function port(env: Env, name: string, fallback: number): number {
   return raw === undefined ? fallback : parseInteger(name, raw, 1, 65535);
 }
 
+/** An IP address literal (IPv4 or IPv6) to bind to. */
+function bindAddress(env: Env, name: string): string | undefined {
+  const raw = nonEmpty(env, name);
+  if (raw !== undefined && isIP(raw) === 0) {
+    throw new ConfigError(name, `expected an IPv4 or IPv6 address such as ::, ::1, 0.0.0.0 or 127.0.0.1, got "${raw}"`);
+  }
+  return raw;
+}
+
 function hesUrl(env: Env, name: string): string | undefined {
   const raw = nonEmpty(env, name);
   if (raw === undefined) return undefined;
@@ -89,13 +99,13 @@ export function loadConfig(env: Env = process.env, cwd: string = process.cwd()):
   return {
     dataDir,
     httpPort: port(env, 'AMI_HTTP_PORT', DEFAULT_HTTP_PORT),
-    httpBind: nonEmpty(env, 'AMI_HTTP_BIND'),
+    httpBind: bindAddress(env, 'AMI_HTTP_BIND'),
     settingsFile: path.resolve(dataDir, nonEmpty(env, 'AMI_SETTINGS_FILE') ?? 'ami-settings.json'),
     credentialSecret: nonEmpty(env, 'AMI_CREDENTIAL_SECRET'),
     hesPrimary: hesUrl(env, 'AMI_HES_PRIMARY'),
     hesSecondary: hesUrl(env, 'AMI_HES_SECONDARY'),
     meshPort: port(env, 'AMI_MESH_PORT', DEFAULT_MESH_PORT),
-    meshBind: nonEmpty(env, 'AMI_MESH_BIND') ?? '::1',
+    meshBind: bindAddress(env, 'AMI_MESH_BIND') ?? '::1',
     simMeters:
       simMetersRaw === undefined ? DEFAULT_SIM_METERS : parseInteger('AMI_SIM_METERS', simMetersRaw, 0, 100_000),
     simIntervalSeconds:

@@ -63,9 +63,15 @@ export class ApplianceLog {
     const line = `${new Date().toISOString()} ${level.padEnd(5)} [${component}] ${message}\n`;
     (this.options.stdout ?? ((text: string) => process.stdout.write(text)))(line);
     if (this.fd !== undefined) {
-      writeSync(this.fd, line);
-      this.fileBytes += Buffer.byteLength(line);
-      if (this.fileBytes >= (this.options.maxFileBytes ?? DEFAULT_MAX_FILE_BYTES)) this.rotate();
+      try {
+        writeSync(this.fd, line);
+        this.fileBytes += Buffer.byteLength(line);
+        if (this.fileBytes >= (this.options.maxFileBytes ?? DEFAULT_MAX_FILE_BYTES)) this.rotate();
+      } catch (err) {
+        // A full or failing disk must not stop the gateway: keep logging to stdout only.
+        this.fd = undefined;
+        process.stderr.write(`ami-gateway: log file ${this.options.file} disabled: ${(err as Error).message}\n`);
+      }
     }
   }
 

@@ -1,10 +1,12 @@
 import { EventEmitter } from 'node:events';
+import { isIPv4 } from 'node:net';
 import { randomUUID } from 'node:crypto';
 import * as coap from 'coap';
 import type { IncomingMessage, OutgoingMessage, Server } from 'coap';
 import { uintOption } from './options.js';
 import { decodeReading, ReadingFormatError, type MeterReading } from './reading.js';
-import { registerExchange, type ExchangeOutcome } from './exchanges.js';
+import { forgetExchange, registerExchange, type ExchangeOutcome } from './exchanges.js';
+import { readingKey } from './reading.js';
 
 /**
  * The gateway's mesh-facing CoAP endpoint.
@@ -15,7 +17,9 @@ import { registerExchange, type ExchangeOutcome } from './exchanges.js';
  * `acceptTimeoutMs`, or a listener rejects it, the meter gets 5.03 Service
  * Unavailable with Max-Age, so it keeps the reading and retries later. The
  * answer is held back as a piggybacked ACK, so the meter's acknowledgement
- * and the gateway's acceptance are the same event.
+ * and the gateway's acceptance are the same event; when acceptance takes
+ * longer than the piggyback window, the meter gets an empty ACK first and the
+ * answer as a separate confirmable response.
  */
 export interface MeshEndpointOptions {
   bind: string;
@@ -26,7 +30,8 @@ export interface MeshEndpointOptions {
   retryAfterSeconds: number;
 }
 
-export const DEFAULT_ACCEPT_TIMEOUT_MS = 1500;
+/** Longer than the HES uplink needs to try both sites (2 x 5 s): acceptance waits for the HES. */
+export const DEFAULT_ACCEPT_TIMEOUT_MS = 15_000;
 export const DEFAULT_RETRY_AFTER_SECONDS = 30;
 export const READINGS_PATH = '/readings';
 
@@ -53,6 +58,25 @@ export interface MeshEndpointEvents {
 interface PendingReading {
   uplink: Uplink;
   responses: OutgoingMessage[];
+  timer: NodeJS.Timeout;
+}
+
+/**
+ * How long the answer to a meter is held back so that it can ride on the ACK.
+ * It stays well below ACK_TIMEOUT (2 s, RFC 7252 section 4.8): a meter that
+ * hears nothing for that long retransmits. Acceptance that takes longer gets
+ * an empty ACK at once and a separate response later (section 5.2.2).
+ */
+export function piggybackWindowMs(acceptTimeoutMs: number): number {
+  return Math.min(acceptTimeoutMs, 1000);
+}
+
+function closeQuietly(server: Server): void {
+  try {
+    server.close();
+  } catch {
+    // The socket never opened; there is nothing more to release.
+  }
 }
 
 export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
@@ -61,6 +85,8 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
   /** Readings waiting for acceptance, by meter and reading id, so a repeat joins the first. */
   private readonly pending = new Map<string, PendingReading>();
   private boundPort: number | undefined;
+  private starting: Promise<void> | undefined;
+  private stopped = false;
 
   constructor(readonly options: MeshEndpointOptions) {
     super();
@@ -76,33 +102,45 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
     return () => this.uplinkListeners.delete(listener);
   }
 
-  async start(): Promise<void> {
+  /** Opens the UDP socket. Rejects (EADDRINUSE, EINVAL, ...) without leaving anything open. */
+  start(): Promise<void> {
+    this.starting ??= this.open().finally(() => {
+      this.starting = undefined;
+    });
+    return this.starting;
+  }
+
+  private async open(): Promise<void> {
     if (this.server) return;
+    this.stopped = false;
     const server = coap.createServer({
-      type: 'udp6',
-      // Hold the ACK until acceptance so it can be piggybacked (see class comment).
-      piggybackReplyMs: this.options.acceptTimeoutMs + 250,
+      type: isIPv4(this.options.bind) ? 'udp4' : 'udp6',
+      // The library's default shares the port with any other process that asks;
+      // a second gateway or a stale instance must not silently take meter traffic.
+      reuseAddr: false,
+      piggybackReplyMs: piggybackWindowMs(this.options.acceptTimeoutMs),
     });
     server.on('request', (req: IncomingMessage, res: OutgoingMessage) => this.handle(req, res));
-    server.on('error', (err: Error) => this.emit('error', err));
     try {
       await new Promise<void>((resolve, reject) => {
-        const onError = (err: Error): void => reject(err);
-        server.once('error', onError);
+        server.once('error', reject);
         server.listen(this.options.port, this.options.bind, (err?: Error) => {
-          server.off('error', onError);
+          server.off('error', reject);
           if (err) reject(err);
           else resolve();
         });
       });
     } catch (err) {
-      try {
-        server.close();
-      } catch {
-        // The socket never opened; there is nothing more to release.
-      }
+      closeQuietly(server);
       throw err;
     }
+    if (this.stopped) {
+      // stop() was called while the socket was opening.
+      closeQuietly(server);
+      return;
+    }
+    // Forwarded only once listening: a bind failure is start()'s rejection, not an event.
+    server.on('error', (err: Error) => this.emit('error', err));
     this.server = server;
     // coap's Server keeps its socket private; its address tells us the port when 0 was asked for.
     const socket = (server as unknown as { _sock?: { address(): { port: number } } })._sock;
@@ -110,13 +148,18 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
     this.emit('listening', { address: this.options.bind, port: this.boundPort });
   }
 
+  /** Tells every waiting meter to retry later (5.03), then closes the socket. */
   async stop(): Promise<void> {
+    this.stopped = true;
+    if (this.starting) await this.starting.catch(() => undefined);
     const server = this.server;
     this.server = undefined;
     for (const entry of [...this.pending.values()]) {
       this.settle(entry, { accepted: false, reason: 'gateway shutting down' });
     }
     if (!server) return;
+    // Let the 5.03 answers leave the socket before it closes.
+    await new Promise<void>((resolve) => setImmediate(resolve));
     await new Promise<void>((resolve) => server.close(() => resolve()));
   }
 
@@ -151,16 +194,16 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
       return;
     }
     const uplink: Uplink = { exchangeId: randomUUID(), reading, peer };
-    const entry: PendingReading = { uplink, responses: [res] };
+    const entry: PendingReading = {
+      uplink,
+      responses: [res],
+      timer: setTimeout(
+        () => this.settle(entry, { accepted: false, reason: `not accepted within ${this.options.acceptTimeoutMs} ms` }),
+        this.options.acceptTimeoutMs,
+      ),
+    };
     this.pending.set(key, entry);
-    const timer = setTimeout(
-      () => this.settle(entry, { accepted: false, reason: `not accepted within ${this.options.acceptTimeoutMs} ms` }),
-      this.options.acceptTimeoutMs,
-    );
-    registerExchange(uplink.exchangeId, (outcome) => {
-      clearTimeout(timer);
-      this.settle(entry, outcome);
-    });
+    registerExchange(uplink.exchangeId, readingKey(reading.meter, reading.id), (outcome) => this.settle(entry, outcome));
     this.emit('received', uplink);
     for (const listener of this.uplinkListeners) {
       try {
@@ -175,8 +218,9 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
     const key = `${entry.uplink.reading.meter}\u0000${entry.uplink.reading.id}`;
     if (this.pending.get(key) !== entry) return;
     this.pending.delete(key);
-    // Settling through the registry too makes a late accept() after a timeout a no-op.
-    registerExchange(entry.uplink.exchangeId, undefined);
+    clearTimeout(entry.timer);
+    // Forgetting the exchange makes a late acceptance after a timeout a no-op.
+    forgetExchange(entry.uplink.exchangeId);
     if (outcome.accepted) {
       for (const res of entry.responses) {
         res.code = '2.04';

@@ -1,28 +1,44 @@
 /**
  * Pending uplink exchanges, by id. A mesh endpoint registers each reading it
- * waits on; whichever node takes responsibility for the reading (the HES
- * uplink today, the durable outbox later) settles it by id. Node-RED clones
- * messages between nodes, so a plain string id in the message is what
- * survives the trip, not a callback.
+ * waits on, with the key of the record it carries; whichever node takes
+ * responsibility for the reading (the HES uplink today, the durable outbox
+ * later) settles it by id and key. Node-RED clones messages between nodes, so
+ * a plain string id in the message is what survives the trip, not a callback.
+ * The key check means a flow that rewrote or split the message cannot get a
+ * meter acknowledged for a record other than the one it sent.
  */
 export type ExchangeOutcome = { accepted: true } | { accepted: false; reason: string };
 export type ExchangeSettler = (outcome: ExchangeOutcome) => void;
 
-const pending = new Map<string, ExchangeSettler>();
-
-/** Registers (or with `undefined`, forgets) the settler of an exchange. */
-export function registerExchange(id: string, settle: ExchangeSettler | undefined): void {
-  if (settle) pending.set(id, settle);
-  else pending.delete(id);
+interface PendingExchange {
+  key: string;
+  settle: ExchangeSettler;
 }
 
-/** Settles an exchange; returns false if it is unknown or already settled. */
-export function settleExchange(id: string, outcome: ExchangeOutcome): boolean {
-  const settle = pending.get(id);
-  if (!settle) return false;
+const pending = new Map<string, PendingExchange>();
+
+export function registerExchange(id: string, key: string, settle: ExchangeSettler): void {
+  pending.set(id, { key, settle });
+}
+
+export function forgetExchange(id: string): void {
   pending.delete(id);
-  settle(outcome);
-  return true;
+}
+
+export type SettleResult = 'settled' | 'unknown' | 'key-mismatch';
+
+/**
+ * Settles an exchange for the record `key`. 'unknown' when it was settled
+ * already (for instance timed out); 'key-mismatch' when the exchange carries
+ * another record, which leaves it pending.
+ */
+export function settleExchange(id: string, key: string, outcome: ExchangeOutcome): SettleResult {
+  const exchange = pending.get(id);
+  if (!exchange) return 'unknown';
+  if (exchange.key !== key) return 'key-mismatch';
+  pending.delete(id);
+  exchange.settle(outcome);
+  return 'settled';
 }
 
 export function pendingExchangeCount(): number {

@@ -101,6 +101,11 @@ export function decodeReading(payload: Uint8Array, contentFormat: number | undef
   return validateReading(decoded);
 }
 
+/** The idempotency key of a plain reading: the meter plus the meter's reading id. */
+export function readingKey(meter: string, id: string): string {
+  return `${meter}/${id}`;
+}
+
 export function encodeReading(reading: MeterReading): Buffer {
   return cborEncode(reading);
 }

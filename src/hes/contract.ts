@@ -49,10 +49,7 @@ export class HesContractError extends Error {
 
 export const MAX_BATCH_RECORDS = 256;
 
-/** The idempotency key of a plain reading (meter plus the meter's reading id). */
-export function readingKey(meter: string, id: string): string {
-  return `${meter}/${id}`;
-}
+export { readingKey } from '../coap/reading.js';
 const MAX_KEY_LENGTH = 256;
 
 function isMap(value: unknown): value is Record<string, unknown> {

@@ -90,6 +90,10 @@ export class HesUplink extends EventEmitter<HesUplinkEvents> {
   private lingerTimer: NodeJS.Timeout | undefined;
   private activeIndex = 0;
   private closed = false;
+  private flushing: Promise<void> | undefined;
+  private readonly abort = new AbortController();
+  /** Each record waiting or in flight, by key: a resend joins the first submission. */
+  private readonly byKey = new Map<string, Promise<void>>();
   private readonly options: HesUplinkOptions;
 
   constructor(options: HesUplinkOptions) {
@@ -107,23 +111,40 @@ export class HesUplink extends EventEmitter<HesUplinkEvents> {
     return this.options.endpoints[this.activeIndex] as string;
   }
 
+  /**
+   * Resolves once the HES accepted the record. A record whose key is already
+   * waiting (a meter resending after a 5.03) joins that submission instead of
+   * queueing a second copy.
+   */
   submit(record: HesRecord): Promise<void> {
     if (this.closed) return Promise.reject(new HesUplinkError('CLOSED', 'HES uplink is closed'));
+    const joined = this.byKey.get(record.key);
+    if (joined) return joined;
     if (this.depth >= this.options.maxQueued) {
       return Promise.reject(new HesUplinkError('QUEUE_FULL', `${this.depth} records already wait for the HES`));
     }
-    return new Promise<void>((resolve, reject) => {
+    const submission = new Promise<void>((resolve, reject) => {
       this.queue.push({ record, resolve, reject });
       this.schedule();
     });
+    this.byKey.set(record.key, submission);
+    // Joined callers get the outcome through `submission`; this only forgets the key.
+    submission.then(
+      () => this.byKey.delete(record.key),
+      () => this.byKey.delete(record.key),
+    );
+    return submission;
   }
 
+  /** Rejects what waits, aborts the batch in flight and resolves once it has settled. */
   async close(): Promise<void> {
     this.closed = true;
     clearTimeout(this.lingerTimer);
+    this.abort.abort();
     for (const entry of this.queue.splice(0)) {
       entry.reject(new HesUplinkError('CLOSED', 'HES uplink closed before delivery'));
     }
+    await this.flushing;
   }
 
   private schedule(): void {
@@ -131,11 +152,11 @@ export class HesUplink extends EventEmitter<HesUplinkEvents> {
     if (this.queue.length >= this.options.maxBatch) {
       clearTimeout(this.lingerTimer);
       this.lingerTimer = undefined;
-      void this.flush();
+      this.flushing = this.flush();
     } else if (!this.lingerTimer) {
       this.lingerTimer = setTimeout(() => {
         this.lingerTimer = undefined;
-        void this.flush();
+        this.flushing = this.flush();
       }, this.options.lingerMs);
     }
   }
@@ -163,8 +184,14 @@ export class HesUplink extends EventEmitter<HesUplinkEvents> {
       try {
         if ((await this.deliverTo(index, payload, batch)) === 'done') return;
       } catch (err) {
+        if (this.closed) break;
         failures.push(`${this.options.endpoints[index]}: ${(err as Error).message}`);
       }
+    }
+    if (this.closed) {
+      const closed = new HesUplinkError('CLOSED', 'HES uplink closed during delivery');
+      for (const entry of batch) this.settle(entry, closed);
+      return;
     }
     const error = new HesUplinkError('UNAVAILABLE', `no HES accepted the batch (${failures.join('; ')})`);
     this.emit('failed', error, batch.length);
@@ -194,6 +221,7 @@ export class HesUplink extends EventEmitter<HesUplinkEvents> {
       contentFormat: CONTENT_FORMAT.cbor,
       accept: CONTENT_FORMAT.cbor,
       timeoutMs: this.options.requestTimeoutMs,
+      signal: this.abort.signal,
     });
     if (response.code === '2.04' || response.code === '2.01') {
       let accepted: Set<string>;

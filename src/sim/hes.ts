@@ -36,6 +36,7 @@ export class HesSimulator {
   private readonly keys = new Set<string>();
   private boundPort: number | undefined;
   private unavailableFor = 0;
+  private responseDelayMs = 0;
   readonly stats: HesSimulatorStats = { batches: 0, stored: 0, duplicates: 0, malformed: 0 };
   private readonly listeners = new Set<(key: string) => void>();
 
@@ -58,6 +59,11 @@ export class HesSimulator {
   onStored(listener: (key: string) => void): () => void {
     this.listeners.add(listener);
     return () => this.listeners.delete(listener);
+  }
+
+  /** Delays every answer to a batch by `ms`, as a slow or distant HES would. */
+  setResponseDelay(ms: number): void {
+    this.responseDelayMs = ms;
   }
 
   /** Answers 5.03 to the next `count` batches, as an overloaded HES would. */
@@ -159,8 +165,12 @@ export class HesSimulator {
       res.end(err.message.slice(0, 200));
       return;
     }
-    res.code = '2.04';
-    res.setOption('Content-Format', CONTENT_FORMAT.cbor);
-    res.end(encodeAck({ accepted }));
+    const answer = (): void => {
+      res.code = '2.04';
+      res.setOption('Content-Format', CONTENT_FORMAT.cbor);
+      res.end(encodeAck({ accepted }));
+    };
+    if (this.responseDelayMs > 0) setTimeout(answer, this.responseDelayMs);
+    else answer();
   }
 }

@@ -38,8 +38,8 @@ if (variant === 'baseline') {
     uplink
       .submit({ key: readingKey(reading.meter, reading.id), kind: 'reading', meter: reading.meter, ts: reading.ts, body: reading })
       .then(
-        () => settleExchange(exchangeId, { accepted: true }),
-        (err) => settleExchange(exchangeId, { accepted: false, reason: err.message }),
+        () => settleExchange(exchangeId, readingKey(reading.meter, reading.id), { accepted: true }),
+        (err) => settleExchange(exchangeId, readingKey(reading.meter, reading.id), { accepted: false, reason: err.message }),
       );
   });
   await endpoint.start();

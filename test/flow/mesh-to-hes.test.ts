@@ -22,13 +22,13 @@ function post(payload: Uint8Array, contentFormat: number | undefined = CONTENT_F
 
 const TAB = { id: 'f1', type: 'tab', label: 'test' };
 
-type FlowOptions = { ackMode?: 'accepted' | 'received'; hesUrl?: string; acceptTimeout?: string };
+type FlowOptions = { ackMode?: 'accepted' | 'received'; hesUrl?: string; acceptTimeout?: string; hesTimeout?: string };
 
 function flow(options: FlowOptions = {}) {
   return [
     TAB,
-    { id: 'mesh', type: 'ami-mesh-endpoint', name: 'Meter mesh', bind: '::1', port: String(meshPort), acceptTimeout: options.acceptTimeout ?? '1500', retryAfter: '30' },
-    { id: 'hesconf', type: 'ami-hes-endpoint', name: 'HES', primary: options.hesUrl ?? hes.url, secondary: '', gatewayId: 'gw-test', timeout: '1500' },
+    { id: 'mesh', type: 'ami-mesh-endpoint', name: 'Meter mesh', bind: '::1', port: String(meshPort), acceptTimeout: options.acceptTimeout ?? '5000', retryAfter: '30' },
+    { id: 'hesconf', type: 'ami-hes-endpoint', name: 'HES', primary: options.hesUrl ?? hes.url, secondary: '', gatewayId: 'gw-test', timeout: options.hesTimeout ?? '1500' },
     { id: 'in', z: 'f1', x: 0, y: 0, type: 'ami-mesh-in', name: 'Readings', endpoint: 'mesh', ackMode: options.ackMode ?? 'accepted', wires: [['out', 'seen']] },
     { id: 'out', z: 'f1', x: 0, y: 0, type: 'ami-hes-out', name: 'To HES', hes: 'hesconf', wires: [['delivered']] },
     { id: 'seen', z: 'f1', x: 0, y: 0, type: 'helper' },
@@ -102,6 +102,20 @@ describe('mesh in -> hes out', () => {
     expect(hes.has('mtr-flow-1/r-json')).toBe(true);
   });
 
+  it('acknowledges the meter once a slow HES confirms, with a separate response after an empty ACK', async () => {
+    await loadFlow({ hesTimeout: '5000', acceptTimeout: '8000' });
+    hes.setResponseDelay(2500);
+    try {
+      const started = Date.now();
+      const response = await post(encodeReading(reading('r-slow')));
+      expect(response.code).toBe('2.04');
+      expect(Date.now() - started).toBeGreaterThanOrEqual(2500);
+      expect(hes.has('mtr-flow-1/r-slow')).toBe(true);
+    } finally {
+      hes.setResponseDelay(0);
+    }
+  });
+
   it('answers 5.03 with Max-Age when the HES refuses, and reports the failure to a catch node', async () => {
     await loadFlow();
     const caught = nextInput(helper.getNode('errors')!);
@@ -122,10 +136,12 @@ describe('mesh in -> hes out', () => {
 
   it('answers 5.03 when the HES is unreachable, and the health turns degraded', async () => {
     const deadPort = await freeUdpPort();
-    await loadFlow({ hesUrl: `coap://[::1]:${deadPort}` });
+    await loadFlow({ hesUrl: `coap://[::1]:${deadPort}`, hesTimeout: '500', acceptTimeout: '10000' });
     const caught = nextInput(helper.getNode('errors')!);
     const response = await post(encodeReading(reading('r-dead')));
     expect(response.code).toBe('5.03');
+    // The 5.03 comes from hes out giving up on the HES, long before the endpoint's own limit.
+    expect(response.payload.toString()).toContain('no HES accepted the batch');
     expect(((await caught).error as { message: string }).message).toContain('UNAVAILABLE');
     const health = gatewayHealth.snapshot();
     expect(health.status).toBe('degraded');
@@ -185,10 +201,15 @@ describe('mesh in -> hes out', () => {
 
   it('stores a reading once when a meter sends it twice', async () => {
     await loadFlow();
+    const storedBefore = hes.stats.stored;
+    const duplicatesBeforeJoin = hes.stats.duplicates;
     const first = post(encodeReading(reading('r-twice')));
     const second = post(encodeReading(reading('r-twice')));
     expect((await first).code).toBe('2.04');
     expect((await second).code).toBe('2.04');
+    // The second request joined the first: one record went to the HES.
+    expect(hes.stats.stored - storedBefore).toBe(1);
+    expect(hes.stats.duplicates).toBe(duplicatesBeforeJoin);
     expect((await post(encodeReading(reading('r-twice')))).code).toBe('2.04');
     const duplicatesBefore = hes.stats.duplicates;
     expect(hes.has('mtr-flow-1/r-twice')).toBe(true);

@@ -119,9 +119,6 @@ describe('ami-gateway start (headless appliance)', () => {
     expect(acknowledged.length).toBeGreaterThanOrEqual(20);
     const missing = acknowledged.filter((line) => !stored.has(`${String(line.meter)}/${String(line.id)}`));
     expect(missing).toEqual([]);
-    // Each record reached the HES once: the HES file has no repeated id.
-    const hesIds = readJsonLines(hesRecord).map((line) => line.id);
-    expect(new Set(hesIds).size).toBe(hesIds.length);
   });
 
   it('tells meters to retry later (5.03) while the HES is unreachable, and reports itself degraded', async () => {

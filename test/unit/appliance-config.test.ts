@@ -74,6 +74,8 @@ describe('loadConfig', () => {
     ['AMI_SIM_METERS', '-1'],
     ['AMI_HES_PRIMARY', 'http://hes.example'],
     ['AMI_LOG_LEVEL', 'chatty'],
+    ['AMI_MESH_BIND', 'eth0'],
+    ['AMI_HTTP_BIND', 'localhost'],
   ])('refuses %s=%s with a ConfigError naming the variable', (name, value) => {
     try {
       loadConfig({ [name]: value });

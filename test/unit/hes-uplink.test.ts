@@ -107,3 +107,29 @@ describe('batchLength', () => {
     expect(batchLength([{ record: { ...record(1), key: 'k'.repeat(256) } }], 64)).toBe(1);
   });
 });
+
+describe('HesUplink resends and shutdown', () => {
+  it('joins a resend of a waiting record instead of queueing a copy', async () => {
+    const dead = `coap://[::1]:${await freeUdpPort()}`;
+    const link = uplink([dead], { lingerMs: 50 });
+    const first = link.submit(record(7)).catch((e: unknown) => e);
+    const again = link.submit(record(7)).catch((e: unknown) => e);
+    expect(link.depth).toBe(1);
+    const [a, b] = await Promise.all([first, again]);
+    expect(a).toBe(b);
+    expect((a as HesUplinkError).code).toBe('UNAVAILABLE');
+  });
+
+  it('aborts the batch in flight when closed, rejecting it as CLOSED at once', async () => {
+    const dead = `coap://[::1]:${await freeUdpPort()}`;
+    const link = uplink([dead], { requestTimeoutMs: 30_000, lingerMs: 1 });
+    const inFlight = link.submit(record(8)).catch((e: unknown) => e);
+    // Wait until the batch has left the queue and is in flight.
+    while (link.depth === 0 || (link as unknown as { queue: unknown[] }).queue.length > 0) await new Promise((r) => setImmediate(r));
+    const started = Date.now();
+    await link.close();
+    expect(((await inFlight) as HesUplinkError).code).toBe('CLOSED');
+    expect(Date.now() - started).toBeLessThan(1000);
+    expect(link.depth).toBe(0);
+  });
+});

@@ -4,7 +4,7 @@ import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { MeshEndpoint, type Uplink } from '../../src/coap/endpoint.js';
 import { settleExchange } from '../../src/coap/exchanges.js';
-import { CONTENT_FORMAT, encodeReading, MAX_READING_BYTES } from '../../src/coap/reading.js';
+import { CONTENT_FORMAT, encodeReading, MAX_READING_BYTES, readingKey } from '../../src/coap/reading.js';
 
 let endpoint: MeshEndpoint;
 let client: Socket;
@@ -18,7 +18,7 @@ beforeAll(async () => {
   // Accept every reading at once, as a durable consumer would.
   endpoint.onUplink((uplink) => {
     uplinks.push(uplink);
-    settleExchange(uplink.exchangeId, { accepted: true });
+    settleExchange(uplink.exchangeId, readingKey(uplink.reading.meter, uplink.reading.id), { accepted: true });
   });
   await endpoint.start();
   client = createSocket('udp6');
@@ -37,10 +37,19 @@ function exchange(datagram: Buffer, waitMs = 1000): Promise<ParsedPacket | undef
       client.off('message', onMessage);
       resolve(undefined);
     }, waitMs);
+    const sentToken = datagram.length >= 4 ? datagram.subarray(4, 4 + (datagram[0]! & 0x0f)) : Buffer.alloc(0);
     const onMessage = (message: Buffer): void => {
+      let packet: ParsedPacket;
+      try {
+        packet = parse(message);
+      } catch {
+        return;
+      }
+      // Only the answer to this request: a late answer to an earlier one is not credited here.
+      if (packet.token.length > 0 && !packet.token.equals(sentToken)) return;
       clearTimeout(timer);
       client.off('message', onMessage);
-      resolve(parse(message));
+      resolve(packet);
     };
     client.on('message', onMessage);
     client.send(datagram, endpoint.port!, '::1');
