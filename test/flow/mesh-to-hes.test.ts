@@ -56,6 +56,17 @@ async function loadFlow(options: FlowOptions = {}): Promise<void> {
   await statusOf('in', (s) => s.fill === 'green');
 }
 
+/** A mesh endpoint (200 ms limit, Max-Age 7) and a mesh in wired only to a helper node. */
+async function loadMeshOnly(ackMode: 'accepted' | 'received'): Promise<void> {
+  await helper.load(allNodes, [
+    TAB,
+    { id: 'mesh', type: 'ami-mesh-endpoint', bind: '::1', port: String(meshPort), acceptTimeout: '200', retryAfter: '7' },
+    { id: 'in', z: 'f1', x: 0, y: 0, type: 'ami-mesh-in', endpoint: 'mesh', ackMode, wires: [['seen']] },
+    { id: 'seen', z: 'f1', x: 0, y: 0, type: 'helper' },
+  ]);
+  await statusOf('in', (s) => s.fill === 'green');
+}
+
 beforeAll(async () => {
   hes = new HesSimulator({ port: 0, bind: '::1' });
   await hes.start();
@@ -150,13 +161,7 @@ describe('mesh in -> hes out', () => {
 
   it('answers 5.03 when nothing accepts the reading in time', async () => {
     // A flow whose mesh in is not wired to anything that accepts.
-    await helper.load(allNodes, [
-      TAB,
-      { id: 'mesh', type: 'ami-mesh-endpoint', bind: '::1', port: String(meshPort), acceptTimeout: '200', retryAfter: '7' },
-      { id: 'in', z: 'f1', x: 0, y: 0, type: 'ami-mesh-in', endpoint: 'mesh', ackMode: 'accepted', wires: [['seen']] },
-      { id: 'seen', z: 'f1', x: 0, y: 0, type: 'helper' },
-    ]);
-    await statusOf('in', (s) => s.fill === 'green');
+    await loadMeshOnly('accepted');
     const seen = nextInput(helper.getNode('seen')!);
     const response = await post(encodeReading(reading('r-orphan')));
     expect(response.code).toBe('5.03');
@@ -166,13 +171,7 @@ describe('mesh in -> hes out', () => {
   });
 
   it('acknowledges on receipt in "received" mode', async () => {
-    await helper.load(allNodes, [
-      TAB,
-      { id: 'mesh', type: 'ami-mesh-endpoint', bind: '::1', port: String(meshPort), acceptTimeout: '200', retryAfter: '7' },
-      { id: 'in', z: 'f1', x: 0, y: 0, type: 'ami-mesh-in', endpoint: 'mesh', ackMode: 'received', wires: [['seen']] },
-      { id: 'seen', z: 'f1', x: 0, y: 0, type: 'helper' },
-    ]);
-    await statusOf('in', (s) => s.fill === 'green');
+    await loadMeshOnly('received');
     expect((await post(encodeReading(reading('r-recv')))).code).toBe('2.04');
   });
 
