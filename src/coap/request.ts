@@ -1,5 +1,7 @@
 import * as coap from 'coap';
 import type { Agent, IncomingMessage } from 'coap';
+import { lookup as dnsLookup } from 'node:dns/promises';
+import { isIP } from 'node:net';
 import { parseCoapUrl } from './url.js';
 import { uintOption } from './options.js';
 
@@ -34,15 +36,28 @@ export interface CoapCallOptions {
   agent?: Agent;
   /** Aborting stops retransmissions and rejects with code ABORTED. */
   signal?: AbortSignal;
+  /** Resolves a host name (DNS by default); used when the URL names a host rather than an address. */
+  lookup?: (host: string) => Promise<{ address: string }>;
 }
+
+const defaultLookup = (host: string): Promise<{ address: string }> => dnsLookup(host);
 
 /**
  * One confirmable CoAP request, as a promise. Resolves with whatever response
  * code arrives (the caller decides what a 4.xx or 5.xx means) and rejects only
  * on timeout or a socket failure.
  */
-export function coapCall(url: string, options: CoapCallOptions): Promise<CoapResponse> {
+export async function coapCall(url: string, options: CoapCallOptions): Promise<CoapResponse> {
   const target = parseCoapUrl(url);
+  if (isIP(target.host) === 0 && !options.agent) {
+    // A UDP socket only sends to its own address family: resolve the name
+    // first, so a HES with only an AAAA record is reached over IPv6.
+    try {
+      target.host = (await (options.lookup ?? defaultLookup)(target.host)).address;
+    } catch (err) {
+      throw new CoapRequestError('NETWORK', `${url}: cannot resolve ${target.host}: ${(err as Error).message}`);
+    }
+  }
   return new Promise<CoapResponse>((resolve, reject) => {
     let finished = false;
     const finish = (action: () => void): void => {
@@ -56,7 +71,7 @@ export function coapCall(url: string, options: CoapCallOptions): Promise<CoapRes
       finish(() => reject(new CoapRequestError('ABORTED', `request to ${url} aborted`)));
       agent.abort(req);
     };
-    const agent = options.agent ?? (target.host.includes(':') ? coap.globalAgentIPv6 : coap.globalAgent);
+    const agent = options.agent ?? (isIP(target.host) === 6 ? coap.globalAgentIPv6 : coap.globalAgent);
     const req = coap.request({
       hostname: target.host,
       port: target.port,

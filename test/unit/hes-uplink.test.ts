@@ -133,3 +133,27 @@ describe('HesUplink resends and shutdown', () => {
     expect(link.depth).toBe(0);
   });
 });
+
+describe('coapCall', () => {
+  it('resolves a host name first and reaches an IPv6-only HES over IPv6', async () => {
+    const { coapCall } = await import('../../src/coap/request.js');
+    const looked: string[] = [];
+    const response = await coapCall(`coap://hes.example.test:${hes.port}/ami/v1/health`, {
+      method: 'GET',
+      timeoutMs: 5000,
+      lookup: async (host) => {
+        looked.push(host);
+        return { address: '::1' };
+      },
+    });
+    expect(looked).toEqual(['hes.example.test']);
+    expect(response.code).toBe('2.05');
+  });
+
+  it('turns a name that does not resolve into a typed NETWORK error', async () => {
+    const { coapCall, CoapRequestError } = await import('../../src/coap/request.js');
+    const err = await coapCall('coap://nowhere.invalid/x', { method: 'GET', timeoutMs: 2000, lookup: () => Promise.reject(new Error('ENOTFOUND')) }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(CoapRequestError);
+    expect((err as InstanceType<typeof CoapRequestError>).code).toBe('NETWORK');
+  });
+});
