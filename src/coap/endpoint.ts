@@ -1,12 +1,10 @@
 import { EventEmitter } from 'node:events';
-import { isIPv4 } from 'node:net';
 import { randomUUID } from 'node:crypto';
-import * as coap from 'coap';
 import type { IncomingMessage, OutgoingMessage, Server } from 'coap';
 import { uintOption } from './options.js';
-import { decodeReading, ReadingFormatError, type MeterReading } from './reading.js';
+import { closeQuietly, createCoapServer, listenCoapServer } from './server.js';
+import { decodeReading, readingKey, ReadingFormatError, type MeterReading } from './reading.js';
 import { forgetExchange, registerExchange, type ExchangeOutcome } from './exchanges.js';
-import { readingKey } from './reading.js';
 
 /**
  * The gateway's mesh-facing CoAP endpoint.
@@ -71,13 +69,6 @@ export function piggybackWindowMs(acceptTimeoutMs: number): number {
   return Math.min(acceptTimeoutMs, 1000);
 }
 
-function closeQuietly(server: Server): void {
-  try {
-    server.close();
-  } catch {
-    // The socket never opened; there is nothing more to release.
-  }
-}
 
 export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
   private server: Server | undefined;
@@ -113,27 +104,9 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
   private async open(): Promise<void> {
     if (this.server) return;
     this.stopped = false;
-    const server = coap.createServer({
-      type: isIPv4(this.options.bind) ? 'udp4' : 'udp6',
-      // The library's default shares the port with any other process that asks;
-      // a second gateway or a stale instance must not silently take meter traffic.
-      reuseAddr: false,
-      piggybackReplyMs: piggybackWindowMs(this.options.acceptTimeoutMs),
-    });
+    const server = createCoapServer(this.options.bind, { piggybackReplyMs: piggybackWindowMs(this.options.acceptTimeoutMs) });
     server.on('request', (req: IncomingMessage, res: OutgoingMessage) => this.handle(req, res));
-    try {
-      await new Promise<void>((resolve, reject) => {
-        server.once('error', reject);
-        server.listen(this.options.port, this.options.bind, (err?: Error) => {
-          server.off('error', reject);
-          if (err) reject(err);
-          else resolve();
-        });
-      });
-    } catch (err) {
-      closeQuietly(server);
-      throw err;
-    }
+    const port = await listenCoapServer(server, this.options.port, this.options.bind);
     if (this.stopped) {
       // stop() was called while the socket was opening.
       closeQuietly(server);
@@ -142,9 +115,7 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
     // Forwarded only once listening: a bind failure is start()'s rejection, not an event.
     server.on('error', (err: Error) => this.emit('error', err));
     this.server = server;
-    // coap's Server keeps its socket private; its address tells us the port when 0 was asked for.
-    const socket = (server as unknown as { _sock?: { address(): { port: number } } })._sock;
-    this.boundPort = socket?.address().port ?? this.options.port;
+    this.boundPort = port;
     this.emit('listening', { address: this.options.bind, port: this.boundPort });
   }
 

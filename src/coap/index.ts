@@ -5,3 +5,4 @@ export * from './exchanges.js';
 export * from './endpoint.js';
 export * from './request.js';
 export * from './options.js';
+export * from './server.js';

@@ -42,6 +42,8 @@ interface Queued {
 }
 
 export interface HesUplinkEvents {
+  /** A batch left the queue for the HES. */
+  sending: [records: number];
   delivered: [records: HesRecord[], endpoint: string];
   failed: [err: HesUplinkError, records: number];
   endpoint: [endpoint: string];
@@ -166,6 +168,7 @@ export class HesUplink extends EventEmitter<HesUplinkEvents> {
     this.sending = true;
     const batch = this.queue.splice(0, batchLength(this.queue, this.options.maxBatch));
     this.inFlight = batch.length;
+    this.emit('sending', batch.length);
     try {
       await this.deliver(batch);
     } finally {

@@ -1,4 +1,4 @@
-import * as coap from 'coap';
+import { createCoapServer, listenCoapServer } from '../coap/server.js';
 import type { IncomingMessage, OutgoingMessage, Server } from 'coap';
 import { CONTENT_FORMAT } from '../coap/reading.js';
 import { cborEncode } from '../coap/cbor.js';
@@ -76,15 +76,10 @@ export class HesSimulator {
       this.recorder = new JsonLinesRecorder(this.options.recordFile);
       await this.recorder.open();
     }
-    const server = coap.createServer({ type: this.options.bind.includes(':') ? 'udp6' : 'udp4' });
+    const server = createCoapServer(this.options.bind);
     server.on('request', (req: IncomingMessage, res: OutgoingMessage) => this.handle(req, res));
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(this.options.port, this.options.bind, (err?: Error) => (err ? reject(err) : resolve()));
-    });
+    this.boundPort = await listenCoapServer(server, this.options.port, this.options.bind);
     this.server = server;
-    const socket = (server as unknown as { _sock?: { address(): { port: number } } })._sock;
-    this.boundPort = socket?.address().port ?? this.options.port;
     this.options.log?.info(`hes-sim: listening on ${this.url}${this.options.recordFile ? `, recording to ${this.options.recordFile}` : ''}`);
     const every = this.options.summaryEverySeconds ?? 0;
     if (every > 0) {

@@ -1,3 +1,4 @@
+import { once } from 'node:events';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { HesSimulator } from '../../src/sim/hes.js';
 import { HesUplink, HesUplinkError } from '../../src/hes/uplink.js';
@@ -123,9 +124,10 @@ describe('HesUplink resends and shutdown', () => {
   it('aborts the batch in flight when closed, rejecting it as CLOSED at once', async () => {
     const dead = `coap://[::1]:${await freeUdpPort()}`;
     const link = uplink([dead], { requestTimeoutMs: 30_000, lingerMs: 1 });
+    const sending = once(link, 'sending');
     const inFlight = link.submit(record(8)).catch((e: unknown) => e);
-    // Wait until the batch has left the queue and is in flight.
-    while (link.depth === 0 || (link as unknown as { queue: unknown[] }).queue.length > 0) await new Promise((r) => setImmediate(r));
+    await sending;
+    expect(link.depth).toBe(1);
     const started = Date.now();
     await link.close();
     expect(((await inFlight) as HesUplinkError).code).toBe('CLOSED');

@@ -1,0 +1,44 @@
+import { isIPv4 } from 'node:net';
+import * as coap from 'coap';
+import type { CoapServerOptions, Server } from 'coap';
+
+/**
+ * A coap Server on the socket family of `bind`, which does not share its port:
+ * the library's default (reuseAddr) lets another process bind the same port
+ * and silently take part of the traffic.
+ */
+export function createCoapServer(bind: string, options: Omit<CoapServerOptions, 'type' | 'reuseAddr'> = {}): Server {
+  return coap.createServer({ ...options, type: isIPv4(bind) ? 'udp4' : 'udp6', reuseAddr: false });
+}
+
+/**
+ * Listens on `bind`:`port` and resolves with the bound port (the one the
+ * system chose when `port` is 0). On failure (EADDRINUSE, EINVAL, ...) the
+ * server is closed and the error rejected; nothing is left open.
+ */
+export async function listenCoapServer(server: Server, port: number, bind: string): Promise<number> {
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, bind, (err?: Error) => {
+        server.off('error', reject);
+        if (err) reject(err);
+        else resolve();
+      });
+    });
+  } catch (err) {
+    closeQuietly(server);
+    throw err;
+  }
+  // coap's Server keeps its socket private; its address tells the port when 0 was asked for.
+  const socket = (server as unknown as { _sock?: { address(): { port: number } } })._sock;
+  return socket?.address().port ?? port;
+}
+
+export function closeQuietly(server: Server): void {
+  try {
+    server.close();
+  } catch {
+    // The socket never opened; there is nothing more to release.
+  }
+}
