@@ -27,7 +27,11 @@ export type DlmsErrorCode =
   /** A key of the wrong length, or missing. */
   | 'BAD_KEY'
   /** The invocation counter is not greater than the last one accepted from this system title. */
-  | 'REPLAY';
+  | 'REPLAY'
+  /** No keys are known for the frame's system title. */
+  | 'NO_KEYS'
+  /** An unciphered APDU where protection is required. */
+  | 'UNPROTECTED';
 
 export class DlmsError extends Error {
   override readonly name = 'DlmsError';
