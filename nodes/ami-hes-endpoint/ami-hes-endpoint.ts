@@ -45,6 +45,9 @@ export = function register(RED: NodeAPI): void {
       node.error(`${RED._('ami-hes-endpoint.errors.config')}: ${configError}`);
     }
 
+    node.sites = endpoints;
+    node.gatewayId = stringProperty(def.gatewayId, os.hostname());
+
     function open(): void {
       if (configError !== undefined) {
         gatewayHealth.setProblem(healthKey, configError);
@@ -53,7 +56,7 @@ export = function register(RED: NodeAPI): void {
       }
       const link = new HesUplink({
         ...DEFAULT_UPLINK_OPTIONS,
-        gateway: stringProperty(def.gatewayId, os.hostname()),
+        gateway: node.gatewayId,
         endpoints,
         requestTimeoutMs,
       });

@@ -2,6 +2,7 @@ import type { Node, NodeAPI, NodeDef, NodeMessageInFlow } from 'node-red';
 import { settleExchange } from '../../src/coap/exchanges.js';
 import { ReadingFormatError, validateReading } from '../../src/coap/reading.js';
 import { readingKey, type HesRecord } from '../../src/hes/contract.js';
+import { DlmsRecordError, isDlmsRecordSource, recordFromDlms } from '../../src/hes/records.js';
 import type { HesEndpointNode } from '../shared/types.js';
 
 interface HesOutDef extends NodeDef {
@@ -30,10 +31,15 @@ export = function register(RED: NodeAPI): void {
       const exchangeId = typeof msg.exchangeId === 'string' ? msg.exchangeId : undefined;
       let record: HesRecord;
       try {
-        const reading = validateReading(msg.payload);
-        record = { key: readingKey(reading.meter, reading.id), kind: 'reading', meter: reading.meter, ts: reading.ts, body: reading };
+        if (isDlmsRecordSource(msg.payload)) {
+          // A frame `dlms decode` authenticated: keyed by system title and invocation counter.
+          record = recordFromDlms(msg.payload);
+        } else {
+          const reading = validateReading(msg.payload);
+          record = { key: readingKey(reading.meter, reading.id), kind: 'reading', meter: reading.meter, ts: reading.ts, body: reading };
+        }
       } catch (err) {
-        if (!(err instanceof ReadingFormatError)) throw err;
+        if (!(err instanceof ReadingFormatError) && !(err instanceof DlmsRecordError)) throw err;
         // Not the reading the meter sent (the mesh endpoint checked that one), so
         // the exchange is left alone: the meter hears 5.03 when it times out.
         done(new Error(`${RED._('ami-hes-out.errors.bad-payload')}: ${err.message}`));

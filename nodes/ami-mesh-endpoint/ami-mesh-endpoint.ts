@@ -92,9 +92,15 @@ export = function register(RED: NodeAPI): void {
       );
     }
 
-    node.register = (user, listener) => {
+    node.register = (user, listeners) => {
       if (users.register(user)) open();
-      removers.set(user.id, endpoint ? endpoint.onUplink(listener) : () => undefined);
+      const mesh = endpoint;
+      const removeReading = mesh && listeners.reading ? mesh.onUplink(listeners.reading) : undefined;
+      const removeDlms = mesh && listeners.dlms ? mesh.onDlmsUplink(listeners.dlms) : undefined;
+      removers.set(user.id, () => {
+        removeReading?.();
+        removeDlms?.();
+      });
     };
 
     node.deregister = async (user) => {

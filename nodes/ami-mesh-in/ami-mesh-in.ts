@@ -1,12 +1,14 @@
 import type { Node, NodeAPI, NodeDef } from 'node-red';
 import { settleExchange } from '../../src/coap/exchanges.js';
-import type { Uplink } from '../../src/coap/endpoint.js';
+import type { DlmsUplink, Uplink } from '../../src/coap/endpoint.js';
 import { readingKey } from '../../src/coap/reading.js';
-import type { MeshEndpointNode, MeshReadingMessage } from '../shared/types.js';
+import type { MeshDlmsMessage, MeshEndpointNode, MeshReadingMessage } from '../shared/types.js';
 
 interface MeshInDef extends NodeDef {
   endpoint: string;
   ackMode: 'accepted' | 'received';
+  /** Missing in flows saved before DLMS frames existed: those received readings. */
+  resource?: 'readings' | 'dlms';
 }
 
 export = function register(RED: NodeAPI): void {
@@ -14,25 +16,45 @@ export = function register(RED: NodeAPI): void {
     RED.nodes.createNode(this, def);
     const node = this;
     const ackMode = def.ackMode === 'received' ? 'received' : 'accepted';
+    const resource = def.resource === 'dlms' ? 'dlms' : 'readings';
     const endpoint = RED.nodes.getNode(def.endpoint) as MeshEndpointNode | null;
     if (!endpoint) {
       node.status({ fill: 'red', shape: 'ring', text: 'ami-mesh-in.status.no-endpoint' });
       node.error(RED._('ami-mesh-in.errors.no-endpoint'));
       return;
     }
-    endpoint.register(node, (uplink: Uplink) => {
-      const msg: MeshReadingMessage = {
-        topic: uplink.reading.meter,
-        payload: uplink.reading,
-        exchangeId: uplink.exchangeId,
-        peer: uplink.peer,
-      };
-      node.send(msg);
-      // In "received" mode the flow takes responsibility as soon as it has the message.
-      if (ackMode === 'received') {
-        settleExchange(uplink.exchangeId, readingKey(uplink.reading.meter, uplink.reading.id), { accepted: true });
-      }
-    });
+    if (resource === 'dlms') {
+      endpoint.register(node, {
+        dlms: (uplink: DlmsUplink) => {
+          const msg: MeshDlmsMessage = {
+            topic: uplink.meter ?? uplink.peer.address,
+            payload: uplink.frame,
+            exchangeId: uplink.exchangeId,
+            frameKey: uplink.frameKey,
+            peer: uplink.peer,
+            ...(uplink.meter !== undefined ? { meter: uplink.meter } : {}),
+          };
+          node.send(msg);
+          if (ackMode === 'received') settleExchange(uplink.exchangeId, uplink.frameKey, { accepted: true });
+        },
+      });
+    } else {
+      endpoint.register(node, {
+        reading: (uplink: Uplink) => {
+          const msg: MeshReadingMessage = {
+            topic: uplink.reading.meter,
+            payload: uplink.reading,
+            exchangeId: uplink.exchangeId,
+            peer: uplink.peer,
+          };
+          node.send(msg);
+          // In "received" mode the flow takes responsibility as soon as it has the message.
+          if (ackMode === 'received') {
+            settleExchange(uplink.exchangeId, readingKey(uplink.reading.meter, uplink.reading.id), { accepted: true });
+          }
+        },
+      });
+    }
     node.on('close', (done: () => void) => {
       endpoint.deregister(node).then(done, (err: Error) => {
         node.error(err.message);

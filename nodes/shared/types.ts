@@ -1,11 +1,11 @@
 import type { Node, NodeMessage } from 'node-red';
-import type { UplinkListener } from '../../src/coap/endpoint.js';
+import type { DlmsUplinkListener, UplinkListener } from '../../src/coap/endpoint.js';
 import type { MeterReading } from '../../src/coap/reading.js';
 import type { HesRecord } from '../../src/hes/contract.js';
 
 /** What a `mesh in` node sees of its `ami-mesh-endpoint` config node. */
 export interface MeshEndpointNode extends Node {
-  register(user: Node, listener: UplinkListener): void;
+  register(user: Node, listeners: { reading?: UplinkListener; dlms?: DlmsUplinkListener }): void;
   deregister(user: Node): Promise<void>;
 }
 
@@ -15,6 +15,27 @@ export interface HesEndpointNode extends Node {
   deregister(user: Node): Promise<void>;
   /** Resolves with the endpoint once the HES accepted the record; rejects with a HesUplinkError. */
   deliver(record: HesRecord): Promise<string>;
+  /** The HES sites, primary first, as configured. */
+  sites: string[];
+  /** The gateway's identity towards the HES. */
+  gatewayId: string;
+}
+
+/** What a keyring's users see of the `ami-store` config node. */
+export interface StoreNode extends Node {
+  /** Opens the database on first use; it stays open until the store node closes. */
+  database(): Promise<import('../../src/store/database.js').GatewayDatabase>;
+  readonly location: string;
+}
+
+/** What `dlms decode` / `dlms encode` see of the `ami-keyring` config node. */
+export interface KeyringNode extends Node {
+  register(user: Node): void;
+  deregister(user: Node): Promise<void>;
+  /** Resolves once keys are loaded; rejects with the reason the keyring cannot open. */
+  keyring(): Promise<import('../../src/keys/keyring.js').Keyring>;
+  /** Asks the HES for keys now (all with force, or some meters). */
+  syncNow(request: { force?: boolean; systemTitles?: string[] }): Promise<import('../../src/keys/sync.js').KeySyncResult>;
 }
 
 /** The message a `mesh in` node sends for each reading. */
@@ -23,5 +44,17 @@ export interface MeshReadingMessage extends NodeMessage {
   payload: MeterReading;
   /** Settled by the node that takes responsibility for the reading (hes out). */
   exchangeId: string;
+  peer: { address: string; port: number };
+}
+
+/** The message a `mesh in` node sends for each DLMS frame: still ciphered, nothing trusted yet. */
+export interface MeshDlmsMessage extends NodeMessage {
+  topic: string;
+  payload: Buffer;
+  exchangeId: string;
+  /** The exchange's key before decoding; `dlms decode` re-keys it to the record key. */
+  frameKey: string;
+  /** The meter's endpoint name, when it sent `?ep=`. */
+  meter?: string;
   peer: { address: string; port: number };
 }

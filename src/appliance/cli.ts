@@ -17,10 +17,19 @@ const USAGE = `ami-gateway: edge gateway for smart-meter (AMI) networks
 Usage:
   ami-gateway start                         run the gateway (configured by AMI_* environment variables)
   ami-gateway status [--json] [--url URL]   print the health of a running gateway
-  ami-gateway sim hes --port P [--bind ADDR] [--record FILE]
-                                            run a HES simulator
+  ami-gateway sim hes --port P [--bind ADDR] [--record FILE] [--meters N] [--prefix NAME] [--key-seed SEED]
+                    [--trust-anchor-out FILE]
+                                            run a HES simulator (with key management for N simulated meters;
+                                            --trust-anchor-out writes the root CA the gateway must trust)
   ami-gateway sim meters --count N --gateway coap://[::1]:5683 [--interval SECONDS] [--prefix NAME] [--record FILE]
-                                            run a simulated meter fleet
+                    [--protocol dlms|plain] [--key-seed SEED]
+                                            run a simulated meter fleet (ciphered DLMS frames by default)
+  ami-gateway dlms decode --hex FRAME [--ek HEX --ak HEX] [--system-title HEX] [--json]
+                                            decode (and decrypt) a captured DLMS/COSEM frame, offline
+  ami-gateway keys status [--json]          key store of the running gateway: meters, epoch, fingerprints
+  ami-gateway keys sync [--force] [--json]  sync meter keys from the HES now (--force: full resync)
+                                            (keys: --url http://HOST:PORT, --user NAME with AMI_ADMIN_PASSWORD,
+                                             or AMI_ADMIN_TOKEN, when the editor has admin users)
   ami-gateway hash-password                 read a password on stdin, print its bcrypt hash for adminUsers
   ami-gateway --version
 
@@ -133,17 +142,32 @@ function consoleLog(prefix: string): { info(m: string): void; warn(m: string): v
 async function simHes(args: string[]): Promise<void> {
   const { values } = parseArgs({
     args,
-    options: { port: { type: 'string' }, bind: { type: 'string' }, record: { type: 'string' } },
+    options: {
+      port: { type: 'string' },
+      bind: { type: 'string' },
+      record: { type: 'string' },
+      meters: { type: 'string' },
+      prefix: { type: 'string' },
+      'key-seed': { type: 'string' },
+      'trust-anchor-out': { type: 'string' },
+    },
     strict: true,
   });
   const { HesSimulator } = await import('../sim/hes.js');
+  const { simMeterNames } = await import('../sim/meter-keys.js');
+  const meterCount = positiveInteger('--meters', values.meters, 50, 0, 1_000_000);
   const sim = new HesSimulator({
     port: positiveInteger('--port', values.port, undefined, 0, 65535),
     bind: values.bind ?? '::1',
     recordFile: values.record === undefined ? undefined : path.resolve(values.record),
     log: consoleLog(''),
     summaryEverySeconds: 10,
+    keyManagement: { meters: simMeterNames(meterCount, values.prefix), ...(values['key-seed'] ? { seed: values['key-seed'] } : {}) },
   });
+  if (values['trust-anchor-out'] !== undefined && sim.keyManagement) {
+    const { writeFileSync } = await import('node:fs');
+    writeFileSync(path.resolve(values['trust-anchor-out']), sim.keyManagement.trustAnchorPem);
+  }
   await sim.start();
   stopOnSignal('the HES simulator', () => sim.stop());
 }
@@ -157,9 +181,13 @@ async function simMeters(args: string[]): Promise<void> {
       interval: { type: 'string' },
       prefix: { type: 'string' },
       record: { type: 'string' },
+      protocol: { type: 'string' },
+      'key-seed': { type: 'string' },
     },
     strict: true,
   });
+  const protocol = values.protocol ?? 'dlms';
+  if (protocol !== 'dlms' && protocol !== 'plain') throw new UsageError('--protocol must be dlms or plain');
   if (values.gateway === undefined) throw new UsageError('--gateway is required (e.g. coap://[::1]:5683)');
   try {
     parseCoapUrl(values.gateway);
@@ -175,6 +203,8 @@ async function simMeters(args: string[]): Promise<void> {
     recordFile: values.record === undefined ? undefined : path.resolve(values.record),
     log: consoleLog(''),
     summaryEverySeconds: 10,
+    protocol,
+    ...(values['key-seed'] ? { keySeed: values['key-seed'] } : {}),
   });
   await fleet.start();
   stopOnSignal('the meter fleet', () => fleet.stop());
@@ -205,6 +235,32 @@ export async function main(argv: string[]): Promise<number | undefined> {
         else if (what === 'meters') await simMeters(simArgs);
         else throw new UsageError(`unknown simulator "${what ?? ''}": expected hes or meters`);
         return undefined;
+      }
+      case 'dlms': {
+        const [what, ...args] = rest;
+        if (what !== 'decode') throw new UsageError(`unknown dlms command "${what ?? ''}": expected decode`);
+        const { dlmsDecodeCommand, DlmsUsageError } = await import('./cli-dlms.js');
+        try {
+          return dlmsDecodeCommand(
+            args,
+            (text) => process.stdout.write(`${text}\n`),
+            (text) => process.stderr.write(`${text}\n`),
+          );
+        } catch (err) {
+          if (err instanceof DlmsUsageError) throw new UsageError(err.message);
+          throw err;
+        }
+      }
+      case 'keys': {
+        const { keysCommand, KeysUsageError } = await import('./cli-keys.js');
+        try {
+          const result = await keysCommand(rest, loadConfig().httpPort);
+          (result.exitCode === 3 ? process.stderr : process.stdout).write(`${result.output}\n`);
+          return result.exitCode;
+        } catch (err) {
+          if (err instanceof KeysUsageError) throw new UsageError(err.message);
+          throw err;
+        }
       }
       case 'hash-password':
         await hashPassword();

@@ -1,3 +1,4 @@
+import { existsSync } from 'node:fs';
 import { isIP } from 'node:net';
 import path from 'node:path';
 import { parseCoapUrl } from '../coap/url.js';
@@ -30,6 +31,12 @@ export interface ApplianceConfig {
   simMeters: number;
   /** Seconds between two readings of one simulated meter. */
   simIntervalSeconds: number;
+  /** What simulated meters send: ciphered DLMS data-notifications (default) or plain readings. */
+  simProtocol: 'dlms' | 'plain';
+  /** Seed the simulated meters and the simulated key management derive meter keys from. */
+  simKeySeed: string | undefined;
+  /** PEM file with the utility's root CA(s) that sign HES key bundles; the HES simulator's when unset and simulated. */
+  keysTrustAnchors: string | undefined;
   logLevel: LogLevel;
 }
 
@@ -84,6 +91,20 @@ function hesUrl(env: Env, name: string): string | undefined {
   return raw;
 }
 
+function simProtocol(env: Env): 'dlms' | 'plain' {
+  const raw = nonEmpty(env, 'AMI_SIM_PROTOCOL') ?? 'dlms';
+  if (raw !== 'dlms' && raw !== 'plain') throw new ConfigError('AMI_SIM_PROTOCOL', `expected dlms or plain, got "${raw}"`);
+  return raw;
+}
+
+function trustAnchorsFile(env: Env, cwd: string): string | undefined {
+  const raw = nonEmpty(env, 'AMI_KEYS_TRUST_ANCHORS');
+  if (raw === undefined) return undefined;
+  const file = path.resolve(cwd, raw);
+  if (!existsSync(file)) throw new ConfigError('AMI_KEYS_TRUST_ANCHORS', `${file} does not exist`);
+  return file;
+}
+
 /**
  * Reads the appliance configuration from the environment. Every variable is
  * optional; the defaults run the gateway on loopback with its simulators.
@@ -112,6 +133,9 @@ export function loadConfig(env: Env = process.env, cwd: string = process.cwd()):
       simIntervalRaw === undefined
         ? DEFAULT_SIM_INTERVAL_SECONDS
         : parseInteger('AMI_SIM_INTERVAL', simIntervalRaw, 1, 86_400),
+    simProtocol: simProtocol(env),
+    simKeySeed: nonEmpty(env, 'AMI_SIM_KEY_SEED'),
+    keysTrustAnchors: trustAnchorsFile(env, cwd),
     logLevel: logLevelRaw as LogLevel,
   };
 }

@@ -14,6 +14,12 @@ export interface HealthSnapshot {
   meshDeferred: number;
   hesDelivered: number;
   hesFailed: number;
+  dlmsDecoded: number;
+  dlmsFailed: number;
+  micFailures: number;
+  replaysRefused: number;
+  /** The keyring's state, when one is deployed: counts and fingerprint, never keys. */
+  keys: KeysHealth | null;
   /** Records accepted from the mesh and not yet confirmed by the HES. */
   outboxDepth: number;
   /** The HES endpoint records go to now, or null when none is configured. */
@@ -22,7 +28,24 @@ export interface HealthSnapshot {
   version: string;
 }
 
-export type Counter = 'meshReceived' | 'meshRejected' | 'meshDeferred' | 'hesDelivered' | 'hesFailed';
+export interface KeysHealth {
+  meters: number;
+  epoch: number;
+  fingerprint: string;
+  outOfSync: number;
+  lastSync: string | null;
+}
+
+export type Counter =
+  | 'meshReceived'
+  | 'meshRejected'
+  | 'meshDeferred'
+  | 'hesDelivered'
+  | 'hesFailed'
+  | 'dlmsDecoded'
+  | 'dlmsFailed'
+  | 'micFailures'
+  | 'replaysRefused';
 
 export class HealthRegistry {
   private readonly counters: Record<Counter, number> = {
@@ -31,7 +54,12 @@ export class HealthRegistry {
     meshDeferred: 0,
     hesDelivered: 0,
     hesFailed: 0,
+    dlmsDecoded: 0,
+    dlmsFailed: 0,
+    micFailures: 0,
+    replaysRefused: 0,
   };
+  private readonly keysSources = new Set<() => KeysHealth>();
   private readonly depthSources = new Set<() => number>();
   private readonly endpointSources = new Set<() => string | undefined>();
   private readonly problemSources = new Map<string, string>();
@@ -54,6 +82,11 @@ export class HealthRegistry {
     return () => this.endpointSources.delete(source);
   }
 
+  addKeysSource(source: () => KeysHealth): () => void {
+    this.keysSources.add(source);
+    return () => this.keysSources.delete(source);
+  }
+
   /** Marks (or with `undefined`, clears) a problem reported by one component. */
   setProblem(component: string, problem: string | undefined): void {
     if (problem === undefined) this.problemSources.delete(component);
@@ -71,11 +104,17 @@ export class HealthRegistry {
         break;
       }
     }
+    let keys: KeysHealth | null = null;
+    for (const source of this.keysSources) {
+      keys = source();
+      break;
+    }
     const problems = [...this.problemSources.entries()].map(([component, problem]) => `${component}: ${problem}`);
     return {
       status: problems.length === 0 ? 'ok' : 'degraded',
       problems,
       ...this.counters,
+      keys,
       outboxDepth,
       hesEndpoint,
       uptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),

@@ -1,4 +1,4 @@
-import { copyFileSync, existsSync, mkdirSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import os from 'node:os';
@@ -8,6 +8,7 @@ import RED from 'node-red';
 import { formatCoapUrl } from '../coap/url.js';
 import { HesSimulator } from '../sim/hes.js';
 import { MeterFleet } from '../sim/meters.js';
+import { simMeterNames } from '../sim/meter-keys.js';
 import { loadAdminUsers } from './admin-users.js';
 import type { ApplianceConfig } from './config.js';
 import { gatewayHealth } from './health.js';
@@ -74,12 +75,29 @@ export async function startAppliance(config: ApplianceConfig): Promise<RunningAp
     // documented default so the flow never sees an empty value.
     let hesPrimary = config.hesPrimary;
     if (hesPrimary === undefined && config.hesSecondary === undefined) {
-      const hes = new HesSimulator({ port: 0, bind: '::1', log: log.component('hes-sim'), summaryEverySeconds: 10 });
+      const hes = new HesSimulator({
+        port: 0,
+        bind: '::1',
+        log: log.component('hes-sim'),
+        summaryEverySeconds: 10,
+        // The simulated key management holds the keys of the simulated fleet.
+        keyManagement: { meters: simMeterNames(Math.max(config.simMeters, 1)), ...(config.simKeySeed ? { seed: config.simKeySeed } : {}) },
+      });
       await hes.start();
       started.push(['the HES simulator', () => hes.stop()]);
       hesPrimary = hes.url;
       appLog.info(`AMI_HES_PRIMARY and AMI_HES_SECONDARY are unset: using the embedded HES simulator at ${hesPrimary}`);
+      if (config.keysTrustAnchors === undefined && hes.keyManagement) {
+        // Its root CA is regenerated at every start, as is the simulator's signing certificate.
+        const anchors = path.join(config.dataDir, 'hes-sim', 'root-ca.pem');
+        mkdirSync(path.dirname(anchors), { recursive: true, mode: 0o750 });
+        writeFileSync(anchors, hes.keyManagement.trustAnchorPem);
+        process.env.AMI_KEYS_TRUST_ANCHORS = anchors;
+        appLog.info(`AMI_KEYS_TRUST_ANCHORS is unset: trusting the HES simulator's test root CA (${anchors})`);
+      }
     }
+    if (config.keysTrustAnchors !== undefined) process.env.AMI_KEYS_TRUST_ANCHORS = config.keysTrustAnchors;
+    process.env.AMI_KEYS_TRUST_ANCHORS ??= '';
     process.env.AMI_HES_PRIMARY = hesPrimary ?? '';
     process.env.AMI_HES_SECONDARY = config.hesSecondary ?? '';
     process.env.AMI_MESH_PORT = String(config.meshPort);
@@ -129,6 +147,8 @@ export async function startAppliance(config: ApplianceConfig): Promise<RunningAp
         count: config.simMeters,
         gateway: formatCoapUrl(meshTargetHost(config.meshBind), config.meshPort),
         intervalMs: config.simIntervalSeconds * 1000,
+        protocol: config.simProtocol,
+        ...(config.simKeySeed ? { keySeed: config.simKeySeed } : {}),
         log: log.component('sim-meters'),
         summaryEverySeconds: 10,
       });

@@ -1,9 +1,11 @@
 import { EventEmitter } from 'node:events';
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import type { IncomingMessage, OutgoingMessage, Server } from 'coap';
 import { uintOption } from './options.js';
 import { closeQuietly, createCoapServer, listenCoapServer } from './server.js';
 import { decodeReading, readingKey, ReadingFormatError, type MeterReading } from './reading.js';
+
+const CONTENT_FORMAT_OCTET_STREAM = 42;
 import { forgetExchange, registerExchange, type ExchangeOutcome } from './exchanges.js';
 
 /**
@@ -32,6 +34,14 @@ export interface MeshEndpointOptions {
 export const DEFAULT_ACCEPT_TIMEOUT_MS = 15_000;
 export const DEFAULT_RETRY_AFTER_SECONDS = 30;
 export const READINGS_PATH = '/readings';
+/**
+ * DLMS/COSEM frames from meters: the payload is one xDLMS APDU (usually
+ * ciphered), optionally inside the DLMS/COSEM UDP wrapper; `?ep=NAME` names
+ * the meter when the frame does not carry its system title.
+ */
+export const DLMS_PATH = '/dlms';
+/** Larger than any APDU a meter pushes (the DLMS max PDU size is at most 65535; meters use 1-2 KiB). */
+export const MAX_DLMS_FRAME_BYTES = 4096;
 
 export interface Uplink {
   exchangeId: string;
@@ -39,25 +49,51 @@ export interface Uplink {
   peer: { address: string; port: number };
 }
 
+/** A DLMS frame as received: nothing is decrypted or trusted yet. */
+export interface DlmsUplink {
+  exchangeId: string;
+  frame: Buffer;
+  /** The meter's endpoint name from `?ep=`, if it gave one. */
+  meter?: string;
+  /** The exchange key the frame was registered under: see dlmsFrameKey. */
+  frameKey: string;
+  peer: { address: string; port: number };
+}
+
 export type UplinkListener = (uplink: Uplink) => void;
+export type DlmsUplinkListener = (uplink: DlmsUplink) => void;
+export type AnyUplink = Uplink | DlmsUplink;
+
+/**
+ * The exchange key of a DLMS frame before it is decrypted: a digest of its
+ * bytes, so a retransmission joins the first and the node that authenticates
+ * the frame can re-key the exchange to the record key (system title and
+ * invocation counter) only for the very bytes it checked.
+ */
+export function dlmsFrameKey(frame: Uint8Array): string {
+  return `frame/${createHash('sha256').update(frame).digest('hex').slice(0, 32)}`;
+}
 
 /** Why a request was refused, as counted and logged. */
-export type MeshRejectReason = ReadingFormatError['code'] | 'NOT_FOUND' | 'METHOD_NOT_ALLOWED';
+export type MeshRejectReason = ReadingFormatError['code'] | 'NOT_FOUND' | 'METHOD_NOT_ALLOWED' | 'EMPTY_FRAME' | 'REFUSED_BY_FLOW';
 
 export interface MeshEndpointEvents {
   listening: [address: { address: string; port: number }];
-  received: [uplink: Uplink];
-  accepted: [uplink: Uplink];
-  deferred: [uplink: Uplink | undefined, reason: string];
+  received: [uplink: AnyUplink];
+  accepted: [uplink: AnyUplink];
+  deferred: [uplink: AnyUplink | undefined, reason: string];
   rejected: [reason: MeshRejectReason, message: string, peer: { address: string; port: number }];
   error: [err: Error];
 }
 
 interface PendingReading {
-  uplink: Uplink;
+  key: string;
+  uplink: AnyUplink;
   responses: OutgoingMessage[];
   timer: NodeJS.Timeout;
 }
+
+const ENDPOINT_NAME = /^[\x21-\x7e]{1,64}$/;
 
 /**
  * How long the answer to a meter is held back so that it can ride on the ACK.
@@ -73,6 +109,7 @@ export function piggybackWindowMs(acceptTimeoutMs: number): number {
 export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
   private server: Server | undefined;
   private readonly uplinkListeners = new Set<UplinkListener>();
+  private readonly dlmsListeners = new Set<DlmsUplinkListener>();
   /** Readings waiting for acceptance, by meter and reading id, so a repeat joins the first. */
   private readonly pending = new Map<string, PendingReading>();
   private boundPort: number | undefined;
@@ -91,6 +128,12 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
   onUplink(listener: UplinkListener): () => void {
     this.uplinkListeners.add(listener);
     return () => this.uplinkListeners.delete(listener);
+  }
+
+  /** Adds a consumer of DLMS frames; returns the function that removes it. */
+  onDlmsUplink(listener: DlmsUplinkListener): () => void {
+    this.dlmsListeners.add(listener);
+    return () => this.dlmsListeners.delete(listener);
   }
 
   /** Opens the UDP socket. Rejects (EADDRINUSE, EINVAL, ...) without leaving anything open. */
@@ -136,15 +179,20 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
 
   private handle(req: IncomingMessage, res: OutgoingMessage): void {
     const peer = { address: req.rsinfo.address, port: req.rsinfo.port };
-    const path = req.url.split('?')[0];
-    if (path !== READINGS_PATH) {
+    const [path = '', query = ''] = req.url.split('?');
+    if (path !== READINGS_PATH && path !== DLMS_PATH) {
       this.refuse(res, '4.04', 'NOT_FOUND', `no resource ${path}`, peer);
       return;
     }
     if (req.method !== 'POST') {
-      this.refuse(res, '4.05', 'METHOD_NOT_ALLOWED', `${req.method} not allowed on ${READINGS_PATH}`, peer);
+      this.refuse(res, '4.05', 'METHOD_NOT_ALLOWED', `${req.method} not allowed on ${path}`, peer);
       return;
     }
+    if (path === DLMS_PATH) this.handleDlms(req, res, query, peer);
+    else this.handleReading(req, res, peer);
+  }
+
+  private handleReading(req: IncomingMessage, res: OutgoingMessage, peer: { address: string; port: number }): void {
     let reading: MeterReading;
     try {
       reading = decodeReading(req.payload, uintOption(req, 'Content-Format'));
@@ -154,18 +202,66 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
       this.refuse(res, code, err.code, err.message, peer);
       return;
     }
-    const key = `${reading.meter}\u0000${reading.id}`;
+    const key = readingKey(reading.meter, reading.id);
+    this.admit(res, key, this.uplinkListeners.size, 'no flow consumes readings', (exchangeId) => ({ exchangeId, reading, peer }), (uplink) => {
+      for (const listener of this.uplinkListeners) listener(uplink as Uplink);
+    });
+  }
+
+  private handleDlms(req: IncomingMessage, res: OutgoingMessage, query: string, peer: { address: string; port: number }): void {
+    const format = uintOption(req, 'Content-Format');
+    if (format !== undefined && format !== CONTENT_FORMAT_OCTET_STREAM) {
+      this.refuse(res, '4.15', 'UNSUPPORTED_FORMAT', `DLMS frames are application/octet-stream (42), not Content-Format ${format}`, peer);
+      return;
+    }
+    const frame = Buffer.from(req.payload);
+    if (frame.length === 0) {
+      this.refuse(res, '4.00', 'EMPTY_FRAME', 'empty DLMS frame', peer);
+      return;
+    }
+    if (frame.length > MAX_DLMS_FRAME_BYTES) {
+      this.refuse(res, '4.13', 'TOO_LARGE', `DLMS frame of ${frame.length} bytes exceeds ${MAX_DLMS_FRAME_BYTES}`, peer);
+      return;
+    }
+    const ep = new URLSearchParams(query).get('ep') ?? undefined;
+    if (ep !== undefined && !ENDPOINT_NAME.test(ep)) {
+      this.refuse(res, '4.00', 'BAD_SHAPE', 'ep must be 1-64 printable ASCII characters', peer);
+      return;
+    }
+    const frameKey = dlmsFrameKey(frame);
+    this.admit(
+      res,
+      frameKey,
+      this.dlmsListeners.size,
+      'no flow consumes DLMS frames',
+      (exchangeId) => ({ exchangeId, frame, frameKey, peer, ...(ep !== undefined ? { meter: ep } : {}) }),
+      (uplink) => {
+        for (const listener of this.dlmsListeners) listener(uplink as DlmsUplink);
+      },
+    );
+  }
+
+  /** Holds the meter's answer until the uplink is accepted, joins repeats, or defers when nobody listens. */
+  private admit(
+    res: OutgoingMessage,
+    key: string,
+    listeners: number,
+    noListenerReason: string,
+    makeUplink: (exchangeId: string) => AnyUplink,
+    deliver: (uplink: AnyUplink) => void,
+  ): void {
     const inFlight = this.pending.get(key);
     if (inFlight) {
       inFlight.responses.push(res);
       return;
     }
-    if (this.uplinkListeners.size === 0) {
-      this.defer(res, undefined, 'no flow consumes readings');
+    if (listeners === 0) {
+      this.defer(res, undefined, noListenerReason);
       return;
     }
-    const uplink: Uplink = { exchangeId: randomUUID(), reading, peer };
+    const uplink = makeUplink(randomUUID());
     const entry: PendingReading = {
+      key,
       uplink,
       responses: [res],
       timer: setTimeout(
@@ -174,21 +270,18 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
       ),
     };
     this.pending.set(key, entry);
-    registerExchange(uplink.exchangeId, readingKey(reading.meter, reading.id), (outcome) => this.settle(entry, outcome));
+    registerExchange(uplink.exchangeId, key, (outcome) => this.settle(entry, outcome));
     this.emit('received', uplink);
-    for (const listener of this.uplinkListeners) {
-      try {
-        listener(uplink);
-      } catch (err) {
-        this.emit('error', err as Error);
-      }
+    try {
+      deliver(uplink);
+    } catch (err) {
+      this.emit('error', err as Error);
     }
   }
 
   private settle(entry: PendingReading, outcome: ExchangeOutcome): void {
-    const key = `${entry.uplink.reading.meter}\u0000${entry.uplink.reading.id}`;
-    if (this.pending.get(key) !== entry) return;
-    this.pending.delete(key);
+    if (this.pending.get(entry.key) !== entry) return;
+    this.pending.delete(entry.key);
     clearTimeout(entry.timer);
     // Forgetting the exchange makes a late acceptance after a timeout a no-op.
     forgetExchange(entry.uplink.exchangeId);
@@ -198,12 +291,14 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
         res.end();
       }
       this.emit('accepted', entry.uplink);
+    } else if (outcome.refuseWith) {
+      for (const res of entry.responses) this.refuse(res, outcome.refuseWith, 'REFUSED_BY_FLOW', outcome.reason, entry.uplink.peer);
     } else {
       for (const res of entry.responses) this.defer(res, entry.uplink, outcome.reason);
     }
   }
 
-  private defer(res: OutgoingMessage, uplink: Uplink | undefined, reason: string): void {
+  private defer(res: OutgoingMessage, uplink: AnyUplink | undefined, reason: string): void {
     res.code = '5.03';
     res.setOption('Max-Age', this.options.retryAfterSeconds);
     res.setOption('Content-Format', 'text/plain');

@@ -7,7 +7,12 @@
  * The key check means a flow that rewrote or split the message cannot get a
  * meter acknowledged for a record other than the one it sent.
  */
-export type ExchangeOutcome = { accepted: true } | { accepted: false; reason: string };
+/**
+ * `refuseWith` answers the meter with a 4.xx code instead of 5.03: the
+ * request will never succeed as sent (malformed, or a replayed frame), so
+ * the meter should drop it rather than retry.
+ */
+export type ExchangeOutcome = { accepted: true } | { accepted: false; reason: string; refuseWith?: '4.00' | '4.01' | '4.03' };
 export type ExchangeSettler = (outcome: ExchangeOutcome) => void;
 
 interface PendingExchange {
@@ -43,4 +48,19 @@ export function settleExchange(id: string, key: string, outcome: ExchangeOutcome
 
 export function pendingExchangeCount(): number {
   return pending.size;
+}
+
+/**
+ * Moves a pending exchange from the key it was received under to the key of
+ * the record it became (a DLMS frame's digest to its system title and
+ * invocation counter), once a node has authenticated exactly that frame.
+ * Returns 'key-mismatch' (and changes nothing) when `fromKey` is not the
+ * exchange's key.
+ */
+export function rebindExchange(id: string, fromKey: string, toKey: string): SettleResult {
+  const exchange = pending.get(id);
+  if (!exchange) return 'unknown';
+  if (exchange.key !== fromKey) return 'key-mismatch';
+  exchange.key = toKey;
+  return 'settled';
 }

@@ -1,2 +1,3 @@
 export * from './contract.js';
 export * from './uplink.js';
+export * from './records.js';

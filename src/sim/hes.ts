@@ -6,6 +6,7 @@ import { formatCoapUrl } from '../coap/url.js';
 import { decodeBatch, encodeAck, HEALTH_PATH, HesContractError, RECORDS_PATH } from '../hes/contract.js';
 import { JsonLinesRecorder } from './recorder.js';
 import type { SimLog } from './log.js';
+import { SimKeyManagement, type SimKeyManagementOptions } from './key-service.js';
 
 export interface HesSimulatorOptions {
   port: number;
@@ -15,6 +16,8 @@ export interface HesSimulatorOptions {
   log?: SimLog;
   /** Seconds between summary log lines; 0 for none. */
   summaryEverySeconds?: number;
+  /** Serve signed key bundles for these meters (the HES key management). */
+  keyManagement?: SimKeyManagementOptions | SimKeyManagement;
 }
 
 export interface HesSimulatorStats {
@@ -40,7 +43,13 @@ export class HesSimulator {
   readonly stats: HesSimulatorStats = { batches: 0, stored: 0, duplicates: 0, malformed: 0 };
   private readonly listeners = new Set<(key: string) => void>();
 
-  constructor(readonly options: HesSimulatorOptions) {}
+  /** The key-management system, when the simulator serves keys. */
+  readonly keyManagement: SimKeyManagement | undefined;
+
+  constructor(readonly options: HesSimulatorOptions) {
+    const km = options.keyManagement;
+    this.keyManagement = km === undefined ? undefined : km instanceof SimKeyManagement ? km : new SimKeyManagement(km);
+  }
 
   get port(): number {
     if (this.boundPort === undefined) throw new Error('HES simulator is not running');
@@ -110,6 +119,7 @@ export class HesSimulator {
       res.end(cborEncode({ status: 'ok' }));
       return;
     }
+    if (this.keyManagement && path !== undefined && this.keyManagement.handle(path, req, res)) return;
     if (path !== RECORDS_PATH) {
       res.code = '4.04';
       res.end();

@@ -1,8 +1,11 @@
 import * as coap from 'coap';
 import type { Agent } from 'coap';
 import { closeAgent, coapCall, CoapRequestError } from '../coap/request.js';
-import { CONTENT_FORMAT, encodeReading, type MeterReading } from '../coap/reading.js';
-import { READINGS_PATH } from '../coap/endpoint.js';
+import { CONTENT_FORMAT, encodeReading, readingKey, type MeterReading } from '../coap/reading.js';
+import { DLMS_PATH, READINGS_PATH } from '../coap/endpoint.js';
+import { dlmsRecordKey } from '../hes/records.js';
+import { SimulatedCosemMeter } from './cosem-meter.js';
+import { DEFAULT_SIM_KEY_SEED, simMeterKeys } from './meter-keys.js';
 import { parseCoapUrl } from '../coap/url.js';
 import { JsonLinesRecorder } from './recorder.js';
 import type { SimLog } from './log.js';
@@ -21,6 +24,13 @@ export interface MeterFleetOptions {
   summaryEverySeconds?: number;
   /** Readings a meter keeps while the gateway does not acknowledge; the oldest is dropped past this. */
   storedReadingsLimit?: number;
+  /**
+   * 'plain': CBOR readings to /readings. 'dlms': each reading as a
+   * data-notification, glo-ciphered with the meter's keys (derived from
+   * `keySeed`, as the HES simulator's key management derives them), to /dlms.
+   */
+  protocol?: 'plain' | 'dlms';
+  keySeed?: string;
 }
 
 export interface MeterFleetStats {
@@ -33,6 +43,7 @@ export interface MeterFleetStats {
 }
 
 const MAX_BACKOFF_MS = 60_000;
+const CONTENT_FORMAT_OCTET_STREAM = 42;
 const REQUEST_TIMEOUT_MS = 30_000;
 
 function jitter(ms: number, spread = 0.5): number {
@@ -47,11 +58,32 @@ class SimulatedMeter {
   private failures = 0;
   private retryAt = 0;
 
+  /** The frame each DLMS reading went out as: a retry resends the same bytes, so the gateway sees a repeat, not a new record. */
+  private readonly frames = new WeakMap<MeterReading, { frame: Buffer; key: string }>();
+
   constructor(
     readonly name: string,
     readonly agent: Agent,
     private readonly bootId: string,
+    readonly cosem?: SimulatedCosemMeter,
   ) {}
+
+  /** The DLMS frame for a reading, sealed at its first attempt. */
+  frameFor(reading: MeterReading): { frame: Buffer; key: string } {
+    let sealed = this.frames.get(reading);
+    if (!sealed && this.cosem) {
+      const frame = this.cosem.pushFrame(
+        reading.values.map((v) => ({ obis: v.obis, value: v.unit === 'V' ? Math.round(v.value * 10) : v.value, scaler: v.unit === 'V' ? -1 : 0, ...(v.unit ? { unit: v.unit } : {}) })),
+        new Date(reading.ts),
+      );
+      // The invocation counter is bytes 11-14 of a general-glo frame with an 8-byte system title (tag, len, title, len, SC).
+      const counter = frame.readUInt32BE(12);
+      sealed = { frame, key: dlmsRecordKey(this.cosem.systemTitle, counter) };
+      this.frames.set(reading, sealed);
+    }
+    if (!sealed) throw new Error(`${this.name} does not speak DLMS`);
+    return sealed;
+  }
 
   nextReading(now: number): MeterReading {
     this.sequence += 1;
@@ -135,14 +167,16 @@ export class MeterFleet {
     const prefix = this.options.prefix ?? 'mtr-';
     for (let i = 1; i <= this.options.count; i++) {
       const name = `${prefix}${String(i).padStart(6, '0')}`;
-      this.meters.push(new SimulatedMeter(name, new coap.Agent({ type }), bootId));
+      const cosem =
+        this.options.protocol === 'dlms' ? new SimulatedCosemMeter(simMeterKeys(this.options.keySeed ?? DEFAULT_SIM_KEY_SEED, name, 1), { invocationCounter: Date.now() % 1_000_000_000 }) : undefined;
+      this.meters.push(new SimulatedMeter(name, new coap.Agent({ type }), bootId, cosem));
     }
     for (const meter of this.meters) {
       // Spread the fleet's first readings over the first two seconds (or the interval, if shorter).
       this.every(meter, Math.random() * Math.min(this.options.intervalMs, 2000));
     }
     this.options.log?.info(
-      `sim-meters: ${this.options.count} meters posting to ${this.options.gateway}${READINGS_PATH} every ${this.options.intervalMs / 1000}s`,
+      `sim-meters: ${this.options.count} meters posting ${this.options.protocol === 'dlms' ? 'ciphered DLMS frames' : 'readings'} to ${this.options.gateway}${this.options.protocol === 'dlms' ? DLMS_PATH : READINGS_PATH} every ${this.options.intervalMs / 1000}s`,
     );
     const summaryEvery = this.options.summaryEverySeconds ?? 0;
     if (summaryEvery > 0) {
@@ -208,10 +242,12 @@ export class MeterFleet {
 
   private async send(meter: SimulatedMeter, reading: MeterReading): Promise<void> {
     try {
-      const response = await coapCall(this.options.gateway.replace(/\/+$/, '') + READINGS_PATH, {
+      const dlms = meter.cosem ? meter.frameFor(reading) : undefined;
+      const base = this.options.gateway.replace(/\/+$/, '');
+      const response = await coapCall(dlms ? `${base}${DLMS_PATH}?ep=${encodeURIComponent(meter.name)}` : base + READINGS_PATH, {
         method: 'POST',
-        payload: encodeReading(reading),
-        contentFormat: CONTENT_FORMAT.cbor,
+        payload: dlms ? dlms.frame : encodeReading(reading),
+        contentFormat: dlms ? CONTENT_FORMAT_OCTET_STREAM : CONTENT_FORMAT.cbor,
         timeoutMs: REQUEST_TIMEOUT_MS,
         agent: meter.agent,
         signal: this.abort.signal,
@@ -219,7 +255,15 @@ export class MeterFleet {
       if (response.code.startsWith('2.')) {
         meter.succeeded();
         this.stats.acknowledged++;
-        this.recorder?.write({ id: reading.id, meter: reading.meter, ts: reading.ts, ackedAt: Date.now() });
+        // With DLMS the HES stores the frame under its system title and invocation counter.
+        // `key` is the record key the HES stores: the frame's system title and counter for DLMS.
+        this.recorder?.write({
+          id: reading.id,
+          key: dlms ? dlms.key : readingKey(reading.meter, reading.id),
+          meter: reading.meter,
+          ts: reading.ts,
+          ackedAt: Date.now(),
+        });
         for (const listener of this.ackListeners) listener(reading);
       } else if (response.code === '5.03') {
         this.stats.deferred++;

@@ -18,9 +18,9 @@ const MODULE = 'node-red-contrib-ami-gateway';
 // Ids from flows/default-appliance.json, installed as the appliance's first flow.
 const MESH_IN_ID = 'a1f0c0de00000005';
 const HES_OUT_ID = 'a1f0c0de00000006';
-const HELP_FIRST_SENTENCE = "Receives meter readings posted to the gateway's mesh CoAP endpoint.";
+const HELP_FIRST_SENTENCE = "Receives what meters post to the gateway's mesh CoAP endpoint";
 /** A message-catalog key of one of our nodes shown instead of its translation. */
-const RAW_KEY = /\bami-(?:mesh|hes)-(?:in|out|endpoint)\.[A-Za-z][\w.-]*/;
+const RAW_KEY = /\bami-(?:mesh-in|mesh-endpoint|hes-out|hes-endpoint|store|keyring|dlms-decode|dlms-encode)\.[A-Za-z][\w.-]*/;
 /** Per UI step; the whole file stays well under a minute. */
 const STEP_MS = 15_000;
 
@@ -98,7 +98,7 @@ describe('Node-RED editor of the appliance (Chromium)', () => {
     const hesOut = category.locator('.red-ui-palette-node[data-palette-type="ami-hes-out"]');
     expect(await meshIn.locator('.red-ui-palette-label').innerText()).toBe('mesh in');
     expect(await hesOut.locator('.red-ui-palette-label').innerText()).toBe('hes out');
-    expect(await category.locator('.red-ui-palette-node').count()).toBe(2);
+    expect(await category.locator('.red-ui-palette-node').count()).toBe(4);
 
     // Icons: the editor only uses a module's icon path when the runtime listed the file.
     const icons: Array<[string, string]> = [
@@ -119,7 +119,7 @@ describe('Node-RED editor of the appliance (Chromium)', () => {
     expect(await flowNode(HES_OUT_ID).locator(`image.red-ui-flow-node-icon[*|href="${icons[1]![1]}"]`).count()).toBe(1);
 
     // Workspace labels and the port label (outputLabels), translated.
-    expect(await flowNode(MESH_IN_ID).locator('.red-ui-flow-node-label').textContent()).toBe('Meter readings');
+    expect(await flowNode(MESH_IN_ID).locator('.red-ui-flow-node-label').textContent()).toBe('Plain readings');
     expect(await flowNode(HES_OUT_ID).locator('.red-ui-flow-node-label').textContent()).toBe('To HES');
     await flowNode(MESH_IN_ID).locator('.red-ui-flow-port').first().hover();
     const tooltip = page.locator('.red-ui-flow-port-tooltip');
@@ -133,7 +133,7 @@ describe('Node-RED editor of the appliance (Chromium)', () => {
     expect(chartText).not.toMatch(RAW_KEY);
   });
 
-  it('opens the "Meter readings" edit dialog with our fields and shows our help', async () => {
+  it('opens the "Plain readings" edit dialog with our fields and shows our help', async () => {
     const tray = page.locator('.red-ui-tray', { has: page.locator('#node-input-ackMode') });
     const node = flowNode(MESH_IN_ID).locator('rect.red-ui-flow-node');
     await node.dblclick();
@@ -163,10 +163,14 @@ describe('Node-RED editor of the appliance (Chromium)', () => {
       options.push([await option.getAttribute('value'), await option.textContent()]);
     }
     expect(options).toEqual([
-      ['accepted', 'when a node accepts the reading (hes out)'],
+      ['accepted', 'when a node accepts it (hes out)'],
       ['received', 'as soon as the flow receives it'],
     ]);
-    expect(await tray.locator('#node-input-name').inputValue()).toBe('Meter readings');
+    const resource = tray.locator('select#node-input-resource');
+    expect(await resource.inputValue()).toBe('readings');
+    expect((await tray.locator('label[for="node-input-resource"]').innerText()).trim()).toBe('Receive');
+    expect(await resource.locator('option').count()).toBe(2);
+    expect(await tray.locator('#node-input-name').inputValue()).toBe('Plain readings');
     expect(await tray.innerText()).not.toMatch(RAW_KEY);
 
     // The dialog's help button opens the Help sidebar tab on our node's help.
@@ -176,7 +180,7 @@ describe('Node-RED editor of the appliance (Chromium)', () => {
     await help.waitFor({ state: 'visible' });
     // Node-RED 4 marks the sidebar tab #red-ui-tab-help .active; Node-RED 5's sidebar is a button with .selected.
     expect(await page.locator('#red-ui-tab-help.active, button[data-tab-id="help"].selected').count()).toBe(1);
-    expect((await help.innerText()).trim()).toMatch(/^mesh in\s+Receives meter readings posted to the gateway's mesh CoAP endpoint\./);
+    expect((await help.innerText()).trim()).toMatch(/^mesh in\s+Receives what meters post to the gateway's mesh CoAP endpoint: plain readings, or\s+DLMS\/COSEM frames\./);
     expect(await help.innerText()).toContain('exchangeId');
     await page.screenshot({ path: shot('edit-dialog-and-help'), scale: 'css' });
   });

@@ -18,6 +18,10 @@ export const nodes = {
   meshIn: requireFromHere(path.join(DIST, 'nodes/ami-mesh-in/ami-mesh-in.js')) as NodeModule,
   hesEndpoint: requireFromHere(path.join(DIST, 'nodes/ami-hes-endpoint/ami-hes-endpoint.js')) as NodeModule,
   hesOut: requireFromHere(path.join(DIST, 'nodes/ami-hes-out/ami-hes-out.js')) as NodeModule,
+  store: requireFromHere(path.join(DIST, 'nodes/ami-store/ami-store.js')) as NodeModule,
+  keyring: requireFromHere(path.join(DIST, 'nodes/ami-keyring/ami-keyring.js')) as NodeModule,
+  dlmsDecode: requireFromHere(path.join(DIST, 'nodes/ami-dlms-decode/ami-dlms-decode.js')) as NodeModule,
+  dlmsEncode: requireFromHere(path.join(DIST, 'nodes/ami-dlms-encode/ami-dlms-encode.js')) as NodeModule,
 };
 export const allNodes = Object.values(nodes);
 
@@ -26,6 +30,7 @@ export const coreNodes = {
   inject: requireFromHere('@node-red/nodes/core/common/20-inject.js') as NodeModule,
   debug: requireFromHere('@node-red/nodes/core/common/21-debug.js') as NodeModule,
   comment: requireFromHere('@node-red/nodes/core/common/90-comment.js') as NodeModule,
+  catch: requireFromHere('@node-red/nodes/core/common/25-catch.js') as NodeModule,
   func: requireFromHere('@node-red/nodes/core/function/10-function.js') as NodeModule,
 };
 

@@ -1,9 +1,13 @@
-import { readdirSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { coapCall } from '../../src/coap/request.js';
 import { CONTENT_FORMAT, encodeReading } from '../../src/coap/reading.js';
 import { HesSimulator } from '../../src/sim/hes.js';
+import { SimulatedCosemMeter } from '../../src/sim/cosem-meter.js';
+import { DEFAULT_SIM_KEY_SEED, simMeterKeys } from '../../src/sim/meter-keys.js';
+import { dlmsRecordKey } from '../../src/hes/records.js';
 import { freeUdpPort } from '../helpers/ports.js';
 import { allNodes, coreNodes, initHelper, nextInput } from './setup.js';
 
@@ -16,11 +20,20 @@ function readFlow(file: string): FlowNode[] {
 }
 
 let hes: HesSimulator;
+let userDir: string;
 const savedEnv = { ...process.env };
+const DLMS_METER = 'mtr-flow-dlms';
 
 beforeAll(async () => {
-  hes = new HesSimulator({ port: 0, bind: '::1' });
+  // The HES simulator plays the key management too: the flow's keyring syncs this meter's keys from it.
+  hes = new HesSimulator({ port: 0, bind: '::1', keyManagement: { meters: [DLMS_METER] } });
   await hes.start();
+  userDir = mkdtempSync(path.join(os.tmpdir(), 'ami-flows-'));
+  const anchors = path.join(userDir, 'root-ca.pem');
+  writeFileSync(anchors, hes.keyManagement!.trustAnchorPem);
+  process.env.AMI_KEYS_TRUST_ANCHORS = anchors;
+  // The store node keeps its database under Node-RED's user directory.
+  helper.settings({ userDir });
   process.env.AMI_HES_PRIMARY = hes.url;
   process.env.AMI_HES_SECONDARY = '';
   process.env.AMI_MESH_BIND = '::1';
@@ -29,6 +42,8 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await hes.stop();
+  helper.settings({});
+  rmSync(userDir, { recursive: true, force: true });
   process.env = savedEnv;
 });
 
@@ -74,6 +89,51 @@ describe('shipped flows', () => {
     });
     expect(response.code).toBe('2.04');
     expect(hes.has('mtr-default/default-1')).toBe(true);
+  });
+
+  it('default-appliance.json decrypts a meter\'s DLMS frame with synced keys, delivers it keyed by system title and counter, and acknowledges the meter', async () => {
+    const meshPort = await freeUdpPort();
+    process.env.AMI_MESH_PORT = String(meshPort);
+    await helper.load(modules, readFlow('default-appliance.json'));
+    const decode = helper.getNode('a1f0c0de0000000d')!;
+    const keyringReady = new Promise<void>((resolve) =>
+      decode.on('call:status', (call: unknown) => {
+        // Pushed by the keyring: green once it holds keys (before any frame, nothing else sets this status).
+        if ((call as { args: [{ fill?: string }] }).args[0].fill === 'green') resolve();
+      }),
+    );
+    await keyringReady;
+    const meter = new SimulatedCosemMeter(simMeterKeys(DEFAULT_SIM_KEY_SEED, DLMS_METER, 1));
+    const frame = meter.pushFrame([{ obis: '1.0.1.8.0.255', value: 4242, unit: 'Wh' }]);
+    const delivered = nextInput(helper.getNode('a1f0c0de0000000e')!);
+    const response = await coapCall(`coap://[::1]:${meshPort}/dlms?ep=${DLMS_METER}`, {
+      method: 'POST',
+      payload: frame,
+      contentFormat: 42,
+      timeoutMs: 10_000,
+    });
+    expect(response.code).toBe('2.04');
+    const key = dlmsRecordKey(meter.systemTitle, 1);
+    expect(hes.has(key)).toBe(true);
+    const msg = await delivered;
+    expect(msg.payload).toMatchObject({
+      meter: DLMS_METER,
+      systemTitle: meter.systemTitle,
+      invocationCounter: 1,
+      apdu: { type: 'data-notification' },
+      values: [{ obis: '1.0.1.8.0.255', value: 4242, unit: 'Wh' }],
+    });
+    // The same frame again (the meter missed the ACK): acknowledged, stored once.
+    const stored = hes.stats.stored;
+    const again = await coapCall(`coap://[::1]:${meshPort}/dlms?ep=${DLMS_METER}`, { method: 'POST', payload: frame, contentFormat: 42, timeoutMs: 10_000 });
+    expect(again.code).toBe('2.04');
+    expect(hes.stats.stored).toBe(stored);
+    // A frame altered in flight: refused, and the meter is told to retry (its keys may be out of sync).
+    const forged = Buffer.from(meter.pushFrame([{ obis: '1.0.1.8.0.255', value: 1, unit: 'Wh' }]));
+    forged[forged.length - 1]! ^= 0x01;
+    const refused = await coapCall(`coap://[::1]:${meshPort}/dlms?ep=${DLMS_METER}`, { method: 'POST', payload: forged, contentFormat: 42, timeoutMs: 10_000 });
+    expect(refused.code).toBe('5.03');
+    expect(refused.payload.toString()).toMatch(/MIC_FAILURE/);
   });
 
   it('send-test-reading.json sends a reading to the HES when its inject node fires', async () => {

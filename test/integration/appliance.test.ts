@@ -97,9 +97,12 @@ describe('ami-gateway start (headless appliance)', () => {
     const hesPort = await freeUdpPort();
     const hesRecord = path.join(dir, 'hes.jsonl');
     const meterRecord = path.join(dir, 'meters.jsonl');
-    await startCli(['sim', 'hes', '--port', String(hesPort), '--record', hesRecord], /listening on/);
+    const anchors = path.join(dir, 'hes-root-ca.pem');
+    // The standalone HES simulator also plays the key management for the fleet's 10 meters.
+    await startCli(['sim', 'hes', '--port', String(hesPort), '--record', hesRecord, '--meters', '10', '--trust-anchor-out', anchors], /listening on/);
     const appliance = await startApplianceProcess({
       AMI_HES_PRIMARY: `coap://[::1]:${hesPort}`,
+      AMI_KEYS_TRUST_ANCHORS: anchors,
       AMI_SIM_METERS: '0',
     });
     running.push(appliance);
@@ -107,7 +110,7 @@ describe('ami-gateway start (headless appliance)', () => {
 
     const meters = await startCli(
       ['sim', 'meters', '--count', '10', '--gateway', `coap://[::1]:${appliance.meshPort}`, '--interval', '1', '--record', meterRecord],
-      /meters posting to/,
+      /meters posting/,
     );
     await appliance.waitForHealth((h) => h.hesDelivered >= 30);
     meters.child.kill('SIGTERM');
@@ -117,7 +120,9 @@ describe('ami-gateway start (headless appliance)', () => {
     const acknowledged = readJsonLines(meterRecord);
     const stored = new Set(readJsonLines(hesRecord).map((line) => line.id));
     expect(acknowledged.length).toBeGreaterThanOrEqual(20);
-    const missing = acknowledged.filter((line) => !stored.has(`${String(line.meter)}/${String(line.id)}`));
+    // Ciphered DLMS frames: the HES stores each under the meter's system title and invocation counter.
+    expect(acknowledged.every((line) => String(line.key).startsWith('dlms/'))).toBe(true);
+    const missing = acknowledged.filter((line) => !stored.has(String(line.key)));
     expect(missing).toEqual([]);
   });
 
@@ -126,6 +131,8 @@ describe('ami-gateway start (headless appliance)', () => {
     const appliance = await startApplianceProcess({
       AMI_HES_PRIMARY: `coap://[::1]:${deadHesPort}`,
       AMI_SIM_METERS: '3',
+      // Plain readings: this test is about the HES being down, not about keys (which it would also hold).
+      AMI_SIM_PROTOCOL: 'plain',
     });
     running.push(appliance);
     const health = await appliance.waitForHealth((h) => h.meshDeferred > 0 && h.status === 'degraded');

@@ -75,11 +75,20 @@ describe('the npm package installed into a plain Node-RED', () => {
     expect(packedFiles.filter((file) => file.startsWith('test/'))).toEqual([]);
   });
 
-  it('registers our four node types, enabled and without load errors', async () => {
+  it('registers our eight node types, enabled and without load errors', async () => {
     const response = await fetch(`${baseUrl}/nodes`, { headers: { accept: 'application/json' } });
     const sets = (await response.json()) as Array<{ module: string; types: string[]; enabled: boolean; err?: string }>;
     const ours = sets.filter((set) => set.module === 'node-red-contrib-ami-gateway');
-    expect(ours.flatMap((set) => set.types).sort()).toEqual(['ami-hes-endpoint', 'ami-hes-out', 'ami-mesh-endpoint', 'ami-mesh-in']);
+    expect(ours.flatMap((set) => set.types).sort()).toEqual([
+      'ami-dlms-decode',
+      'ami-dlms-encode',
+      'ami-hes-endpoint',
+      'ami-hes-out',
+      'ami-keyring',
+      'ami-mesh-endpoint',
+      'ami-mesh-in',
+      'ami-store',
+    ]);
     for (const set of ours) {
       expect(set.err, `${set.types.join(',')}: ${set.err}`).toBeUndefined();
       expect(set.enabled).toBe(true);
