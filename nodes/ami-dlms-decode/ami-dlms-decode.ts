@@ -84,10 +84,14 @@ export = function register(RED: NodeAPI): void {
         if (err.code === 'REPLAY') gatewayHealth.increment('replaysRefused');
         showCounts();
         if (exchangeId && frameKey && err instanceof DlmsError) settleExchange(exchangeId, frameKey, meterOutcome(err.code, `${err.code}: ${err.message}`));
-        const wrapped = Object.assign(new Error(`${RED._('ami-dlms-decode.errors.decode')}: ${err.message}`), {
-          code: err.code ?? 'ERROR',
-          ...(err.offset !== undefined ? { offset: err.offset } : {}),
-        });
+        const code = err.code ?? 'ERROR';
+        // Node-RED copies message, code, stack and cause into msg.error: the byte offset travels in the cause.
+        const wrapped = Object.assign(
+          new Error(`${RED._('ami-dlms-decode.errors.decode')}: ${err.message}`, {
+            cause: { code, ...(err.offset !== undefined ? { offset: err.offset } : {}) },
+          }),
+          { code },
+        );
         done(wrapped);
       };
       if (!Buffer.isBuffer(msg.payload)) {

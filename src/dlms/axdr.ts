@@ -386,11 +386,23 @@ export class AxdrReader {
   /** The 12 bytes of a date-time (no tag, no length). */
   dateTime(): CosemDateTime {
     this.need(12, 'a date-time');
-    const date = this.date();
-    const time = this.time();
-    const deviation = this.i16('a date-time deviation');
-    const clockStatus = this.u8('a date-time clock status');
-    return { ...date, ...time, deviation, clockStatus };
+    // Built field by field: spreading the date and time objects cost most of a push frame's decode time.
+    const p = this.pos;
+    const b = this.bytes;
+    const value: CosemDateTime = {
+      year: ((b[p] ?? 0) << 8) | (b[p + 1] ?? 0),
+      month: b[p + 2] ?? 0,
+      dayOfMonth: b[p + 3] ?? 0,
+      dayOfWeek: b[p + 4] ?? 0,
+      hour: b[p + 5] ?? 0,
+      minute: b[p + 6] ?? 0,
+      second: b[p + 7] ?? 0,
+      hundredths: b[p + 8] ?? 0,
+      deviation: ((((b[p + 9] ?? 0) << 8) | (b[p + 10] ?? 0)) << 16) >> 16,
+      clockStatus: b[p + 11] ?? 0,
+    };
+    this.pos = p + 12;
+    return value;
   }
 
   /** The 5 bytes of a date. */

@@ -1,5 +1,5 @@
 import { openSublevel, type GatewayDatabase, type GatewaySublevel } from '../store/database.js';
-import type { GroupCommitter } from '../store/group-commit.js';
+import { writeBatch, type BatchOperation } from '../store/group-commit.js';
 
 const MAX_INVOCATION_COUNTER = 0xffff_ffff;
 
@@ -15,8 +15,8 @@ function decodeCounter(bytes: Uint8Array): number | undefined {
 
 /**
  * Replay protection for received frames: the last invocation counter
- * accepted from each system title, with a digest of that frame, in the
- * `ic-in` sublevel.
+ * accepted from each system title, with a digest of that frame, persisted in
+ * the `ic-in` sublevel.
  *
  * A frame whose counter is greater is fresh. A frame with the last counter
  * and the same digest is the meter sending its last frame again because it
@@ -27,34 +27,101 @@ function decodeCounter(bytes: Uint8Array): number | undefined {
  * never move the counter (a forged frame with a huge counter would otherwise
  * lock the meter out). `accept` advances it in memory at once, so a replay
  * racing the disk write is still refused, and resolves when the new value is
- * on disk: callers pass a frame on only then, so a replay after a crash and
+ * written: callers pass a frame on only then, so a replay after a crash and
  * restart is refused too.
+ *
+ * Storage is a journal with snapshots, because a LevelDB operation per frame
+ * costs as much as decrypting it: every `lingerMs` the counters accepted since
+ * the last write go out as one packed journal record (`j/<sequence>`); every
+ * SNAPSHOT_EVERY records, one packed `snapshot` of all counters replaces the
+ * journal, in the same atomic batch. Opening reads the snapshot, then the
+ * journal in order.
  */
 export type ReplayVerdict = 'fresh' | 'repeat' | 'replay';
 
 const DIGEST_BYTES = 16;
+/** system title (8) + counter (4) + digest (16) */
+const ENTRY_BYTES = 8 + 4 + DIGEST_BYTES;
+const SNAPSHOT_KEY = 'snapshot';
+const JOURNAL_PREFIX = 'j/';
+/** Journal records between two snapshots. */
+const SNAPSHOT_EVERY = 256;
 
 interface LastFrame {
   counter: number;
   digest: Buffer;
 }
 
+/** The stored form of a frame's identity: its first 16 bytes, zero-padded (a 12-byte GCM tag fits). */
+function frameDigest(digest: Uint8Array): Buffer {
+  const stored = Buffer.alloc(DIGEST_BYTES);
+  stored.set(digest.subarray(0, DIGEST_BYTES));
+  return stored;
+}
+
+function journalKey(sequence: number): string {
+  return `${JOURNAL_PREFIX}${sequence.toString().padStart(15, '0')}`;
+}
+
 export class ReplayGuard {
   private readonly last = new Map<string, LastFrame>();
+  private readonly dirty = new Set<string>();
+  private nextFlush: { promise: Promise<void>; resolve: () => void; reject: (err: Error) => void } | undefined;
+  private writing: Promise<void> = Promise.resolve();
+  private sequence = 0;
+  private journalRecords = 0;
 
   private constructor(
+    private readonly db: GatewayDatabase,
     private readonly counters: GatewaySublevel,
-    private readonly committer: GroupCommitter,
+    private readonly lingerMs: number,
+    private readonly sync: boolean,
   ) {}
 
-  static async open(db: GatewayDatabase, committer: GroupCommitter): Promise<ReplayGuard> {
-    const guard = new ReplayGuard(openSublevel(db, 'ic-in'), committer);
-    for await (const [systemTitle, value] of guard.counters.iterator()) {
-      if (value.length !== 4 + DIGEST_BYTES) continue;
-      const bytes = Buffer.from(value);
-      guard.last.set(systemTitle, { counter: bytes.readUInt32BE(0), digest: bytes.subarray(4) });
+  /**
+   * `sync: false` (the keyring's choice) writes counters to LevelDB's log
+   * without an fsync: they survive a crash or restart of the process, not a
+   * power cut in the last milliseconds, where the HES's deduplication by
+   * system title and counter still stops a replayed frame being stored twice.
+   */
+  static async open(db: GatewayDatabase, options: { lingerMs?: number; sync?: boolean } = {}): Promise<ReplayGuard> {
+    const guard = new ReplayGuard(db, openSublevel(db, 'ic-in'), options.lingerMs ?? 2, options.sync ?? true);
+    const snapshot = await guard.counters.get(SNAPSHOT_KEY);
+    if (snapshot) guard.load(snapshot);
+    // Journal keys sort by sequence: later records override earlier ones.
+    for await (const [key, value] of guard.counters.iterator({ gt: JOURNAL_PREFIX, lt: `${JOURNAL_PREFIX}~` })) {
+      guard.load(value);
+      guard.sequence = Math.max(guard.sequence, Number(key.slice(JOURNAL_PREFIX.length)) + 1);
+      guard.journalRecords += 1;
     }
     return guard;
+  }
+
+  private load(packed: Uint8Array): void {
+    const bytes = Buffer.from(packed.buffer, packed.byteOffset, packed.byteLength);
+    for (let at = 0; at + ENTRY_BYTES <= bytes.length; at += ENTRY_BYTES) {
+      const systemTitle = bytes.toString('hex', at, at + 8);
+      const counter = bytes.readUInt32BE(at + 8);
+      // A counter of 0 with an all-zero digest marks a reset (new keys).
+      const digest = Buffer.from(bytes.subarray(at + 12, at + ENTRY_BYTES));
+      if (counter === 0 && digest.every((b) => b === 0)) this.last.delete(systemTitle);
+      else this.last.set(systemTitle, { counter, digest });
+    }
+  }
+
+  private pack(titles: Iterable<string>): Buffer {
+    const list = [...titles];
+    const packed = Buffer.alloc(list.length * ENTRY_BYTES);
+    list.forEach((systemTitle, i) => {
+      const at = i * ENTRY_BYTES;
+      packed.write(systemTitle, at, 8, 'hex');
+      const entry = this.last.get(systemTitle);
+      if (entry) {
+        packed.writeUInt32BE(entry.counter, at + 8);
+        entry.digest.copy(packed, at + 12, 0, DIGEST_BYTES);
+      }
+    });
+    return packed;
   }
 
   lastAccepted(systemTitle: string): number | undefined {
@@ -64,26 +131,71 @@ export class ReplayGuard {
   check(systemTitle: string, invocationCounter: number, digest: Uint8Array): ReplayVerdict {
     const last = this.last.get(systemTitle);
     if (last === undefined || invocationCounter > last.counter) return 'fresh';
-    if (invocationCounter === last.counter && last.digest.equals(digest.subarray(0, DIGEST_BYTES))) return 'repeat';
+    if (invocationCounter === last.counter && last.digest.equals(frameDigest(digest))) return 'repeat';
     return 'replay';
   }
 
-  /** Records an authenticated frame's counter; resolves when it is durable. */
+  /** Records an authenticated frame's counter; resolves when it is written. */
   accept(systemTitle: string, invocationCounter: number, digest: Uint8Array): Promise<void> {
     const last = this.last.get(systemTitle);
     if (last !== undefined && invocationCounter <= last.counter) return Promise.resolve();
-    const frameDigest = Buffer.from(digest.subarray(0, DIGEST_BYTES));
-    this.last.set(systemTitle, { counter: invocationCounter, digest: frameDigest });
-    return this.committer.write([
-      { type: 'put', sublevel: this.counters, key: systemTitle, value: Buffer.concat([encodeCounter(invocationCounter), frameDigest]) },
-    ]);
+    this.last.set(systemTitle, { counter: invocationCounter, digest: frameDigest(digest) });
+    this.dirty.add(systemTitle);
+    return this.scheduleFlush();
+  }
+
+  private scheduleFlush(): Promise<void> {
+    if (!this.nextFlush) {
+      let settle!: { resolve: () => void; reject: (err: Error) => void };
+      const promise = new Promise<void>((resolve, reject) => {
+        settle = { resolve, reject };
+      });
+      this.nextFlush = { promise, ...settle };
+      // lingerMs 0: flush once the event loop has run what is ready now (natural group commit).
+      if (this.lingerMs > 0) setTimeout(() => this.flush(), this.lingerMs);
+      else setImmediate(() => this.flush());
+    }
+    return this.nextFlush.promise;
+  }
+
+  private flush(): void {
+    const batch = this.nextFlush;
+    this.nextFlush = undefined;
+    if (!batch) return;
+    // Reset titles are packed with a zero entry (this.last no longer has them).
+    const record = this.pack(this.dirty);
+    this.dirty.clear();
+    const operations: BatchOperation[] = [];
+    if (this.journalRecords + 1 >= SNAPSHOT_EVERY) {
+      // The snapshot holds everything, so the journal so far can go in the same atomic batch.
+      operations.push({ type: 'put', sublevel: this.counters, key: SNAPSHOT_KEY, value: this.pack(this.last.keys()) });
+      for (let sequence = this.sequence - this.journalRecords; sequence < this.sequence; sequence++) {
+        operations.push({ type: 'del', sublevel: this.counters, key: journalKey(sequence) });
+      }
+      this.journalRecords = 0;
+    } else {
+      operations.push({ type: 'put', sublevel: this.counters, key: journalKey(this.sequence), value: record });
+      this.sequence += 1;
+      this.journalRecords += 1;
+    }
+    // Chained so records reach the disk in order: a later counter never lands before an earlier one.
+    this.writing = this.writing.then(() => writeBatch(this.db, operations, this.sync)).then(batch.resolve, batch.reject);
+  }
+
+  /** Writes what is pending now (used on close). */
+  async drain(): Promise<void> {
+    this.flush();
+    await this.writing;
   }
 
   /** New keys restart a meter's invocation counter (DLMS ties the counter to the key). */
   async reset(systemTitles: string[]): Promise<void> {
     if (systemTitles.length === 0) return;
-    for (const systemTitle of systemTitles) this.last.delete(systemTitle);
-    await this.committer.write(systemTitles.map((key) => ({ type: 'del' as const, sublevel: this.counters, key })));
+    for (const systemTitle of systemTitles) {
+      this.last.delete(systemTitle);
+      this.dirty.add(systemTitle);
+    }
+    await this.scheduleFlush();
   }
 
   get size(): number {

@@ -127,7 +127,7 @@ export class Keyring extends EventEmitter<KeyringEvents> {
     const gatewaySystemTitle = normaliseSystemTitle(options.gatewaySystemTitle);
     const committer = new GroupCommitter(options.db);
     const keys = await KeyStore.open(options.db, options.masterKey, committer);
-    const replay = await ReplayGuard.open(options.db, committer);
+    const replay = await ReplayGuard.open(options.db, { lingerMs: 0, sync: false });
     const outgoing = await OutgoingCounter.open(options.db, gatewaySystemTitle);
     return new Keyring(keys, replay, outgoing, committer, gatewaySystemTitle, options.micThreshold);
   }
@@ -138,6 +138,7 @@ export class Keyring extends EventEmitter<KeyringEvents> {
 
   /** Flushes pending counter writes. The database itself belongs to the caller. */
   async close(): Promise<void> {
+    await this.replay.drain();
     await this.committer.close();
   }
 
@@ -180,12 +181,17 @@ export class Keyring extends EventEmitter<KeyringEvents> {
       throw new DlmsError('NO_KEYS', `no keys for system title ${systemTitle}`);
     }
     const replayCheck = context.replayCheck !== false;
-    const digest = createHash('sha256').update(apduBytes).digest();
-    // A frame under staged keys carries the new keys' counter, which may restart: judge it after decryption.
-    if (replayCheck && !entry.pending && this.replay.check(systemTitle, frame.invocationCounter, digest) === 'replay') {
-      throw this.replayError(systemTitle, frame.invocationCounter);
-    }
-    const { plaintext, switched } = await this.decrypt(frame, entry);
+    // What identifies this exact frame for repeat detection: its GCM tag when it has one (a MAC over
+    // the whole frame, computed anyway), otherwise a digest of its bytes.
+    const digest = frame.authTag && frame.authTag.length >= 12 ? frame.authTag : createHash('sha256').update(apduBytes).digest();
+    // Replays are judged after decryption only: a frame under keys the gateway does not hold yet (rotated
+    // in the KMS, counter restarted) must count as a MIC failure and lead to a resync, not be dropped as a
+    // replay. Costs one AES-GCM decryption per replayed frame.
+    const titleBytes = frame.systemTitle && frame.systemTitle.length === 8 ? frame.systemTitle : Buffer.from(systemTitle, 'hex');
+    const { plaintext, switched } = this.decrypt(frame, entry, titleBytes);
+    // Authentic under the staged keys: the meter has applied the transfer, and its
+    // invocation counter belongs to the new keys.
+    if (switched) await this.confirmKeyTransfer(entry.systemTitle);
     let verdict: 'fresh' | 'repeat' | 'replay' = 'fresh';
     if (replayCheck) {
       // Checked again after decrypt(): another openFrame may have accepted this counter meanwhile,
@@ -214,7 +220,7 @@ export class Keyring extends EventEmitter<KeyringEvents> {
         encryption: frame.security.encryption,
         broadcastKey: frame.security.broadcastKey,
         invocationCounter: frame.invocationCounter,
-        ...(frame.systemTitle ? { systemTitle: frame.systemTitle.toString('hex') } : {}),
+        ...(frame.systemTitle && frame.systemTitle.length > 0 ? { systemTitle } : {}),
         framing: frame.kind,
       },
       wrapper,
@@ -252,8 +258,8 @@ export class Keyring extends EventEmitter<KeyringEvents> {
     );
   }
 
-  private async decrypt(frame: CipheredApdu, entry: StoredMeterKeys): Promise<{ plaintext: Buffer; switched: boolean }> {
-    const title = Buffer.from(entry.systemTitle, 'hex');
+  /** Synchronous: only a switch to staged keys needs the disk, and the caller awaits that. */
+  private decrypt(frame: CipheredApdu, entry: StoredMeterKeys, title: Uint8Array): { plaintext: Buffer; switched: boolean } {
     try {
       const plaintext = decryptApdu(frame, entry, title);
       this.mic.succeed(entry.systemTitle);
@@ -262,11 +268,7 @@ export class Keyring extends EventEmitter<KeyringEvents> {
       if (!(err instanceof DlmsError) || err.code !== 'MIC_FAILURE') throw err;
       if (entry.pending) {
         try {
-          const plaintext = decryptApdu(frame, entry.pending, title);
-          // Authentic under the staged keys: the meter has applied the transfer,
-          // and its invocation counter belongs to the new keys.
-          await this.confirmKeyTransfer(entry.systemTitle);
-          return { plaintext, switched: true };
+          return { plaintext: decryptApdu(frame, entry.pending, title), switched: true };
         } catch (pendingErr) {
           if (!(pendingErr instanceof DlmsError) || pendingErr.code !== 'MIC_FAILURE') throw pendingErr;
         }

@@ -1,7 +1,7 @@
 import type { AbstractBatchOperation } from 'abstract-level';
 import type { GatewayDatabase } from './database.js';
 
-type BatchOperation = AbstractBatchOperation<GatewayDatabase, string, Uint8Array>;
+export type BatchOperation = AbstractBatchOperation<GatewayDatabase, string, Uint8Array>;
 
 interface Waiter {
   resolve: () => void;
@@ -60,7 +60,7 @@ export class GroupCommitter {
     this.flushing = this.flushing.then(async () => {
       if (operations.length === 0) return;
       try {
-        await this.db.batch(operations, { sync: this.options.sync });
+        await writeBatch(this.db, operations, this.options.sync);
         this.batches += 1;
         for (const waiter of waiters) waiter.resolve();
       } catch (err) {
@@ -77,4 +77,18 @@ export class GroupCommitter {
     await this.flush();
     this.closed = true;
   }
+}
+
+/**
+ * Writes operations as one atomic LevelDB batch. The chained form: abstract-level's
+ * array form costs about six times as much per operation (it clones and checks each).
+ */
+export async function writeBatch(db: GatewayDatabase, operations: readonly BatchOperation[], sync: boolean): Promise<void> {
+  const batch = db.batch();
+  for (const op of operations) {
+    const options = op.sublevel ? { sublevel: op.sublevel } : {};
+    if (op.type === 'put') batch.put(op.key, op.value, options);
+    else batch.del(op.key, options);
+  }
+  await batch.write({ sync });
 }
