@@ -57,16 +57,17 @@ export = function register(RED: NodeAPI): void {
       }
       keyringNode
         .keyring()
-        .then((keyring) =>
-          keyring.sealFrame(apdu as XdlmsApdu | Uint8Array, { ...(systemTitle ? { systemTitle } : {}), ...(meter ? { meter } : {}) }, options),
-        )
+        .then(async (keyring) => ({
+          sealed: await keyring.sealFrame(apdu as XdlmsApdu | Uint8Array, { ...(systemTitle ? { systemTitle } : {}), ...(meter ? { meter } : {}) }, options),
+          gatewaySystemTitle: keyring.gatewaySystemTitle,
+        }))
         .then(
-          (sealed) => {
+          ({ sealed, gatewaySystemTitle }) => {
             ok += 1;
             node.status({ fill: 'green', shape: 'dot', text: RED._('ami-dlms-encode.status.counts', { ok, failed }) });
             msg.payload = sealed.frame;
             msg.topic = sealed.meter;
-            msg.dlms = { systemTitle: sealed.systemTitle, invocationCounter: sealed.invocationCounter, meter: sealed.meter };
+            msg.dlms = { systemTitle: sealed.systemTitle, gatewaySystemTitle, invocationCounter: sealed.invocationCounter, meter: sealed.meter };
             send(msg);
             done();
           },

@@ -59,6 +59,8 @@ const DEFAULT_SYNC_INTERVAL_S = 3600;
 const SYNC_TIMEOUT_MS = 20_000;
 /** After a failed sync, try again sooner than the interval. */
 const SYNC_RETRY_MS = 30_000;
+/** How long out-of-sync meters are gathered into one resync request. */
+const RESYNC_GATHER_MS = 250;
 
 const keyrings = new Map<string, { report: () => Promise<KeyringReport>; sync: (force: boolean) => Promise<KeySyncResult> }>();
 const routedApps = new WeakSet<object>();
@@ -212,13 +214,24 @@ export = function register(RED: NodeAPI): void {
           }
         }
       }
+      // Meters that fall out of sync together (a site's keys diverged) are resynced in one request.
+      const resyncDue = new Map<string, string>();
+      let resyncTimer: NodeJS.Timeout | undefined;
+      removers.push(() => clearTimeout(resyncTimer));
       keyring.on('key-out-of-sync', ({ systemTitle, meter, failures }) => {
         node.warn(RED._('ami-keyring.errors.key-out-of-sync', { meter: meter ?? systemTitle, count: failures }));
         if (!sync) return;
-        sync.sync({ systemTitles: [systemTitle] }).then(
-          (result) => node.log(`resynced keys of ${meter ?? systemTitle} from ${result.site} (epoch ${result.epoch})`),
-          (err: Error) => node.warn(`${RED._('ami-keyring.errors.sync-failed')} (${meter ?? systemTitle}): ${err.message}`),
-        );
+        resyncDue.set(systemTitle, meter ?? systemTitle);
+        resyncTimer ??= setTimeout(() => {
+          resyncTimer = undefined;
+          const due = [...resyncDue];
+          resyncDue.clear();
+          const names = due.map(([, name]) => name).join(', ');
+          sync.sync({ systemTitles: due.map(([title]) => title) }).then(
+            (result) => node.log(`resynced keys of ${names} from ${result.site} (epoch ${result.epoch})`),
+            (err: Error) => node.warn(`${RED._('ami-keyring.errors.sync-failed')} (${names}): ${err.message}`),
+          );
+        }, RESYNC_GATHER_MS);
       });
       keyring.on('keys-changed', () => showStatus());
       removers.push(

@@ -107,6 +107,8 @@ async function status(args: string[]): Promise<number> {
       `HES endpoint  ${health.hesEndpoint ?? 'none'}`,
       `mesh          received ${health.meshReceived}, rejected ${health.meshRejected}, deferred ${health.meshDeferred}`,
       `HES           delivered ${health.hesDelivered}, failed ${health.hesFailed}`,
+      `DLMS          decoded ${health.dlmsDecoded ?? 0}, refused ${health.dlmsFailed ?? 0} (MIC failures ${health.micFailures ?? 0}, replays ${health.replaysRefused ?? 0})`,
+      `keys          ${health.keys ? `${health.keys.meters} meters, epoch ${health.keys.epoch}, fingerprint ${health.keys.fingerprint.slice(0, 16)}…, out of sync ${health.keys.outOfSync}, last sync ${health.keys.lastSync ?? 'never'}` : 'no keyring'}`,
       `outbox depth  ${health.outboxDepth}`,
       `uptime        ${health.uptimeSeconds}s (version ${health.version})`,
     ];
