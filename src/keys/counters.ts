@@ -68,6 +68,7 @@ export class ReplayGuard {
   private readonly dirty = new Set<string>();
   private nextFlush: { promise: Promise<void>; resolve: () => void; reject: (err: Error) => void } | undefined;
   private writing: Promise<void> = Promise.resolve();
+  private lastBatch: Promise<void> = Promise.resolve();
   private sequence = 0;
   private journalRecords = 0;
 
@@ -162,6 +163,7 @@ export class ReplayGuard {
     const batch = this.nextFlush;
     this.nextFlush = undefined;
     if (!batch) return;
+    this.lastBatch = batch.promise;
     // Reset titles are packed with a zero entry (this.last no longer has them).
     const record = this.pack(this.dirty);
     this.dirty.clear();
@@ -180,6 +182,11 @@ export class ReplayGuard {
     }
     // Chained so records reach the disk in order: a later counter never lands before an earlier one.
     this.writing = this.writing.then(() => writeBatch(this.db, operations, this.sync)).then(batch.resolve, batch.reject);
+  }
+
+  /** Resolves when every counter accepted so far is written (rejects if that write failed). */
+  settled(): Promise<void> {
+    return this.nextFlush?.promise ?? this.lastBatch;
   }
 
   /** Writes what is pending now (used on close). */

@@ -199,6 +199,8 @@ export class Keyring extends EventEmitter<KeyringEvents> {
       verdict = this.replay.check(systemTitle, frame.invocationCounter, digest);
       if (verdict === 'replay') throw this.replayError(systemTitle, frame.invocationCounter);
       if (verdict === 'fresh') await this.replay.accept(systemTitle, frame.invocationCounter, digest);
+      // A repeat racing the first copy's write waits for it too: nothing leaves before its counter is written.
+      else await this.replay.settled();
     }
     let apdu: XdlmsApdu;
     try {
