@@ -3,6 +3,7 @@ import { EventEmitter } from 'node:events';
 import { cborDecode, cborEncode } from '../coap/cbor.js';
 import { openSublevel, type GatewayDatabase, type GatewaySublevel } from '../store/database.js';
 import type { GroupCommitter } from '../store/group-commit.js';
+import type { MeterKeys } from './bundle.js';
 
 /**
  * Per-meter DLMS keys, persisted in the `keys` sublevel encrypted at rest
@@ -12,17 +13,8 @@ import type { GroupCommitter } from '../store/group-commit.js';
  * Keys are held decrypted in memory, as every software gateway must to
  * decrypt traffic; they never leave through `summary()`, errors or events.
  */
-export interface MeterKeySet {
-  /** The meter's DLMS system title, 16 lower-case hex characters. */
-  systemTitle: string;
-  /** The meter's endpoint name. */
-  meter: string;
-  /** Key epoch as issued by the HES key management. */
-  epoch: number;
-  ek: Buffer;
-  ak: Buffer;
-  kek: Buffer;
-}
+/** One meter's keys, as key bundles carry them (system title, meter name, epoch, EK, AK, KEK). */
+export type MeterKeySet = MeterKeys;
 
 /** New keys sent to the meter (global key transfer) but not yet confirmed by it. */
 export interface PendingKeys {
