@@ -2,8 +2,8 @@ import { createSocket, type Socket } from 'node:dgram';
 import { generate, parse, type ParsedPacket } from 'coap-packet';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { MeshEndpoint, type Uplink } from '../../src/coap/endpoint.js';
-import { settleExchange } from '../../src/coap/exchanges.js';
+import { dlmsFrameKey, MAX_DLMS_FRAME_BYTES, MeshEndpoint, type DlmsUplink, type Uplink } from '../../src/coap/endpoint.js';
+import { rebindExchange, settleExchange } from '../../src/coap/exchanges.js';
 import { CONTENT_FORMAT, encodeReading, MAX_READING_BYTES, readingKey } from '../../src/coap/reading.js';
 
 let endpoint: MeshEndpoint;
@@ -106,5 +106,74 @@ describe('MeshEndpoint (raw CoAP datagrams)', () => {
     );
     const answer = await exchange(post(encodeReading({ id: 'raw-after-garbage', meter: 'mtr-raw', ts: 1, values: [{ obis: '1.0.1.8.0.255', value: 5 }] }), CONTENT_FORMAT.cbor));
     expect(answer?.code).toBe('2.04');
+  });
+});
+
+describe('MeshEndpoint /dlms resource (raw CoAP datagrams)', () => {
+  let dlmsEndpoint: MeshEndpoint;
+  const frames: DlmsUplink[] = [];
+  const reasons: string[] = [];
+  let refuseNext: '4.01' | undefined;
+
+  beforeAll(async () => {
+    dlmsEndpoint = new MeshEndpoint({ bind: '::1', port: 0, acceptTimeoutMs: 300, retryAfterSeconds: 13 });
+    dlmsEndpoint.on('rejected', (reason) => reasons.push(reason));
+    dlmsEndpoint.onDlmsUplink((uplink) => {
+      frames.push(uplink);
+      // What dlms decode does: re-key the exchange to the record, then the record is accepted (or refused).
+      expect(rebindExchange(uplink.exchangeId, uplink.frameKey, `dlms/test/${frames.length}`)).toBe('settled');
+      const outcome = refuseNext ? { accepted: false as const, reason: 'REPLAY: old counter', refuseWith: refuseNext } : { accepted: true as const };
+      refuseNext = undefined;
+      settleExchange(uplink.exchangeId, `dlms/test/${frames.length}`, outcome);
+    });
+    await dlmsEndpoint.start();
+  });
+
+  afterAll(async () => {
+    await dlmsEndpoint.stop();
+  });
+
+  function postDlms(payload: Buffer, query?: string, contentFormat: number | undefined = 42): Buffer {
+    messageId = (messageId + 1) & 0xffff;
+    const options: Array<{ name: never; value: Buffer }> = [{ name: 'Uri-Path' as never, value: Buffer.from('dlms') }];
+    if (contentFormat !== undefined) options.push({ name: 'Content-Format' as never, value: Buffer.from([contentFormat]) });
+    if (query !== undefined) options.push({ name: 'Uri-Query' as never, value: Buffer.from(query) });
+    return generate({ code: '0.02', confirmable: true, messageId, token: Buffer.from([messageId & 0xff, 2]), options, payload }, 65_000);
+  }
+
+  function send(datagram: Buffer): Promise<ParsedPacket | undefined> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => resolve(undefined), 1000);
+      client.once('message', (message: Buffer) => {
+        clearTimeout(timer);
+        resolve(parse(message));
+      });
+      client.send(datagram, dlmsEndpoint.port!, '::1');
+    });
+  }
+
+  it('hands the frame as received to DLMS listeners, with the meter from ?ep=, and acknowledges once the record is accepted', async () => {
+    const frame = Buffer.from('db08414d4900000000010000', 'hex');
+    const answer = await send(postDlms(frame, 'ep=mtr-dlms-1'));
+    expect(answer?.code).toBe('2.04');
+    expect(frames.at(-1)?.frame.equals(frame)).toBe(true);
+    expect(frames.at(-1)?.meter).toBe('mtr-dlms-1');
+    expect(frames.at(-1)?.frameKey).toBe(dlmsFrameKey(frame));
+  });
+
+  it('answers a refusal the flow marks permanent with its 4.xx code', async () => {
+    refuseNext = '4.01';
+    const answer = await send(postDlms(Buffer.from([0xdb, 0x00, 0x01]), 'ep=mtr-dlms-2'));
+    expect(answer?.code).toBe('4.01');
+    expect(answer?.payload.toString()).toMatch(/REPLAY/);
+    expect(reasons.at(-1)).toBe('REFUSED_BY_FLOW');
+  });
+
+  it('refuses another content format (4.15), an empty frame (4.00), an oversized one (4.13) and a bad ep (4.00)', async () => {
+    expect((await send(postDlms(Buffer.from([0xdb]), undefined, 60)))?.code).toBe('4.15');
+    expect((await send(postDlms(Buffer.alloc(0))))?.code).toBe('4.00');
+    expect((await send(postDlms(Buffer.alloc(MAX_DLMS_FRAME_BYTES + 1, 0xdb))))?.code).toBe('4.13');
+    expect((await send(postDlms(Buffer.from([0xdb]), 'ep=' + 'x'.repeat(65))))?.code).toBe('4.00');
+    expect(reasons.slice(-4)).toEqual(['UNSUPPORTED_FORMAT', 'EMPTY_FRAME', 'TOO_LARGE', 'BAD_SHAPE']);
   });
 });
