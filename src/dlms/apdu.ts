@@ -628,8 +628,10 @@ function jsonBigint(v: bigint): number | string {
   return v >= BigInt(Number.MIN_SAFE_INTEGER) && v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v.toString();
 }
 
+/** NaN and the infinities as strings; -0 as 0, which is what JSON makes of it anyway. */
 function jsonFloat(v: number): number | string {
-  return Number.isFinite(v) ? v : String(v);
+  if (!Number.isFinite(v)) return String(v);
+  return v === 0 ? 0 : v;
 }
 
 function fields(o: CosemDate | CosemTime | CosemDateTime): JsonObject {
