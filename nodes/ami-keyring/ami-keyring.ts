@@ -12,6 +12,7 @@ import {
   readTrustAnchors,
 } from '../../src/keys/files.js';
 import { Keyring } from '../../src/keys/keyring.js';
+import { publicKeyFingerprint } from '../../src/keys/bundle.js';
 import { KeyStoreError } from '../../src/keys/keystore.js';
 import { KeySync, KeySyncError, type FingerprintReport, type KeySyncResult } from '../../src/keys/sync.js';
 import { ConfigUsers } from '../shared/config-users.js';
@@ -36,6 +37,8 @@ interface KeyringCredentials {
 interface OpenKeyring {
   keyring: Keyring;
   sync: KeySync | undefined;
+  /** The gateway's public key: what a HES enrols so it can encrypt key bundles to this gateway. */
+  publicKeyPem: string;
 }
 
 /** What `GET /ami/keys` shows of one keyring: counts, epochs, fingerprints; never keys. */
@@ -43,6 +46,9 @@ interface KeyringReport {
   id: string;
   name: string;
   gatewaySystemTitle?: string;
+  /** SPKI PEM and its SHA-256: public, for enrolment at the HES key management. */
+  gatewayPublicKey?: string;
+  gatewayKeyFingerprint?: string;
   meters?: number;
   epoch?: number;
   pending?: number;
@@ -240,7 +246,7 @@ export = function register(RED: NodeAPI): void {
           return { meters: status.meters, epoch: status.epoch, fingerprint: status.fingerprint, outOfSync: status.outOfSync.length, lastSync: lastSync?.at ?? null };
         }),
       );
-      return { keyring, sync };
+      return { keyring, sync, publicKeyPem: keyPair.publicKeyPem };
     }
 
     function scheduleSync(delayMs: number): void {
@@ -343,6 +349,8 @@ export = function register(RED: NodeAPI): void {
         return {
           ...base,
           gatewaySystemTitle: opened.keyring.gatewaySystemTitle,
+          gatewayPublicKey: opened.publicKeyPem,
+          gatewayKeyFingerprint: publicKeyFingerprint(opened.publicKeyPem),
           meters: status.meters,
           epoch: status.epoch,
           pending: status.pending,

@@ -35,6 +35,8 @@ async function bearerToken(base: string, user: string | undefined): Promise<stri
 interface KeyringReport {
   id: string;
   name: string;
+  gatewaySystemTitle?: string;
+  gatewayKeyFingerprint?: string;
   meters?: number;
   epoch?: number;
   pending?: number;
@@ -92,6 +94,7 @@ export async function keysCommand(args: string[], httpPort: number): Promise<Key
       `keyring ${r.name || r.id}`,
       `  meters       ${r.meters ?? '?'} (epoch ${r.epoch ?? '?'}, ${r.pending ?? 0} key transfers pending)`,
       `  fingerprint  ${r.fingerprint ?? '?'}`,
+      `  gateway      system title ${r.gatewaySystemTitle ?? '?'}, public key SHA-256 ${r.gatewayKeyFingerprint ?? '?'} (--json shows the PEM to enrol at the HES)`,
       `  last sync    ${r.lastSync ? `${r.lastSync.at} from ${r.lastSync.site}` : 'never'}`,
       ...(r.sites ? r.sites.sites.map((s) => `  site         ${s.site}: ${s.fingerprint ?? `unreachable (${s.error ?? '?'})`}${s.fingerprint && s.fingerprint === r.fingerprint ? ' (same)' : s.fingerprint ? ' (DIFFERENT)' : ''}`) : []),
       ...(r.sites?.sitesDisagree ? ['  WARNING      the HES sites hold different keys: decryption will break after a failover'] : []),
