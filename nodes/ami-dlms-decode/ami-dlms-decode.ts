@@ -1,5 +1,6 @@
 import type { Node, NodeAPI, NodeDef, NodeMessageInFlow } from 'node-red';
 import { rebindExchange, settleExchange, type ExchangeOutcome } from '../../src/coap/exchanges.js';
+import { dlmsFrameKey } from '../../src/coap/endpoint.js';
 import { describeApdu } from '../../src/dlms/apdu.js';
 import { DlmsError, type DlmsErrorCode } from '../../src/dlms/errors.js';
 import { readPushProfile } from '../../src/dlms/profile.js';
@@ -113,35 +114,44 @@ export = function register(RED: NodeAPI): void {
         )
         .then(
           (opened) => {
-            const described = describeApdu(opened.apdu);
-            const profile = readPushProfile(opened.apdu);
-            const meter = opened.meter ?? meterHint ?? opened.systemTitle ?? 'unknown';
-            const payload: Record<string, unknown> = {
-              meter,
-              ...(opened.systemTitle ? { systemTitle: opened.systemTitle } : {}),
-              ...(opened.security ? { invocationCounter: opened.security.invocationCounter, security: opened.security } : {}),
-              ts: profile?.ts ?? Date.now(),
-              apdu: described,
-              ...(profile ? { values: profile.values } : {}),
-            };
-            if (exchangeId && frameKey && opened.systemTitle && opened.security) {
-              // The meter's pending request now waits on the record this frame became.
-              rebindExchange(exchangeId, frameKey, dlmsRecordKey(opened.systemTitle, opened.security.invocationCounter));
+            // A throw in here would become an unhandled rejection, which stops the appliance.
+            try {
+              const described = describeApdu(opened.apdu);
+              const profile = readPushProfile(opened.apdu);
+              const meter = opened.meter ?? meterHint ?? opened.systemTitle ?? 'unknown';
+              const payload: Record<string, unknown> = {
+                meter,
+                ...(opened.systemTitle ? { systemTitle: opened.systemTitle } : {}),
+                ...(opened.security
+                  ? { invocationCounter: opened.security.invocationCounter, keyEpoch: opened.keyEpoch ?? 0, security: opened.security }
+                  : {}),
+                ts: profile?.ts ?? Date.now(),
+                apdu: described,
+                ...(profile ? { values: profile.values } : {}),
+              };
+              // The meter's pending request now waits on the record this frame became, if the
+              // exchange was received for exactly these bytes (a flow that swapped the payload gets nothing).
+              if (exchangeId && frameKey === dlmsFrameKey(frame) && opened.systemTitle && opened.security) {
+                rebindExchange(exchangeId, frameKey, dlmsRecordKey(opened.systemTitle, opened.keyEpoch ?? 0, opened.security.invocationCounter));
+              }
+              msg.payload = payload;
+              msg.topic = meter;
+              msg.dlms = {
+                systemTitle: opened.systemTitle,
+                invocationCounter: opened.security?.invocationCounter,
+                keyEpoch: opened.keyEpoch,
+                repeat: opened.repeat,
+                ...(opened.wrapper ? { wrapper: opened.wrapper } : {}),
+              };
+              ok += 1;
+              lastFailed = false;
+              gatewayHealth.increment('dlmsDecoded');
+              showCounts();
+              send(msg);
+              done();
+            } catch (err) {
+              fail(err as Error);
             }
-            msg.payload = payload;
-            msg.topic = meter;
-            msg.dlms = {
-              systemTitle: opened.systemTitle,
-              invocationCounter: opened.security?.invocationCounter,
-              repeat: opened.repeat,
-              ...(opened.wrapper ? { wrapper: opened.wrapper } : {}),
-            };
-            ok += 1;
-            lastFailed = false;
-            gatewayHealth.increment('dlmsDecoded');
-            showCounts();
-            send(msg);
-            done();
           },
           (err: Error) => fail(err),
         );

@@ -63,13 +63,17 @@ export = function register(RED: NodeAPI): void {
         }))
         .then(
           ({ sealed, gatewaySystemTitle }) => {
-            ok += 1;
-            node.status({ fill: 'green', shape: 'dot', text: RED._('ami-dlms-encode.status.counts', { ok, failed }) });
-            msg.payload = sealed.frame;
-            msg.topic = sealed.meter;
-            msg.dlms = { systemTitle: sealed.systemTitle, gatewaySystemTitle, invocationCounter: sealed.invocationCounter, meter: sealed.meter };
-            send(msg);
-            done();
+            try {
+              ok += 1;
+              node.status({ fill: 'green', shape: 'dot', text: RED._('ami-dlms-encode.status.counts', { ok, failed }) });
+              msg.payload = sealed.frame;
+              msg.topic = sealed.meter;
+              msg.dlms = { systemTitle: sealed.systemTitle, gatewaySystemTitle, invocationCounter: sealed.invocationCounter, meter: sealed.meter };
+              send(msg);
+              done();
+            } catch (err) {
+              fail(err as Error);
+            }
           },
           (err: Error) => fail(err),
         );

@@ -12,6 +12,7 @@ import {
   readTrustAnchors,
 } from '../../src/keys/files.js';
 import { Keyring } from '../../src/keys/keyring.js';
+import { acquireDatabase, type DatabaseLease } from '../../src/store/database.js';
 import { publicKeyFingerprint } from '../../src/keys/bundle.js';
 import { KeyStoreError } from '../../src/keys/keystore.js';
 import { KeySync, KeySyncError, type FingerprintReport, type KeySyncResult } from '../../src/keys/sync.js';
@@ -36,6 +37,8 @@ interface KeyringCredentials {
 
 interface OpenKeyring {
   keyring: Keyring;
+  /** The keyring's own lease on the database, so the store node closing first cannot close it under us. */
+  lease: DatabaseLease;
   sync: KeySync | undefined;
   /** The gateway's public key: what a HES enrols so it can encrypt key bundles to this gateway. */
   publicKeyPem: string;
@@ -160,6 +163,8 @@ export = function register(RED: NodeAPI): void {
     }
 
     function problem(text: string | undefined): void {
+      // A sync still in flight when the node closed must not mark a redeployed node's health.
+      if (closed) return;
       lastError = text ?? null;
       gatewayHealth.setProblem(healthKey, text);
       showStatus();
@@ -167,7 +172,20 @@ export = function register(RED: NodeAPI): void {
 
     async function openKeyring(): Promise<OpenKeyring> {
       if (configError !== undefined || !store) throw new Error(configError ?? RED._('ami-keyring.errors.no-store'));
-      const db = await store.database();
+      // Opens (or shares) the store's database; our lease keeps it open until the keyring has flushed.
+      await store.database();
+      const lease = await acquireDatabase(store.location);
+      try {
+        return await openOnLease(lease);
+      } catch (err) {
+        await lease.release();
+        throw err;
+      }
+    }
+
+    async function openOnLease(lease: DatabaseLease): Promise<OpenKeyring> {
+      if (!store) throw new Error(RED._('ami-keyring.errors.no-store'));
+      const db = lease.db;
       const secretsDir = path.join(path.dirname(store.location), 'keyring');
       let masterKey: Buffer;
       let keyPair;
@@ -198,12 +216,23 @@ export = function register(RED: NodeAPI): void {
         }
         throw err;
       }
+      if (closed) {
+        // Closed while opening: nothing below may outlive the node.
+        await keyring.close();
+        throw new Error('the keyring node was closed while opening');
+      }
       let sync: KeySync | undefined;
       const anchorsFile = stringProperty(def.trustAnchors);
+      if (def.hes && !hes) {
+        node.warn(`the HES endpoint configured for key sync (${def.hes}) does not exist; key sync is off`);
+      } else if (hes && hes.sites.length === 0) {
+        node.warn('the HES endpoint has no site configured; key sync is off');
+      }
       if (hes && hes.sites.length > 0) {
         if (anchorsFile === '') {
           lastError = `${RED._('ami-keyring.errors.trust-anchors')}: no trust anchor file configured; key sync is off`;
           node.warn(lastError);
+          gatewayHealth.setProblem(healthKey, lastError);
         } else {
           try {
             sync = new KeySync(keyring, {
@@ -217,6 +246,7 @@ export = function register(RED: NodeAPI): void {
           } catch (err) {
             lastError = `${RED._('ami-keyring.errors.trust-anchors')}: ${(err as Error).message}; key sync is off`;
             node.error(lastError);
+            gatewayHealth.setProblem(healthKey, lastError);
           }
         }
       }
@@ -246,7 +276,7 @@ export = function register(RED: NodeAPI): void {
           return { meters: status.meters, epoch: status.epoch, fingerprint: status.fingerprint, outOfSync: status.outOfSync.length, lastSync: lastSync?.at ?? null };
         }),
       );
-      return { keyring, sync, publicKeyPem: keyPair.publicKeyPem };
+      return { keyring, lease, sync, publicKeyPem: keyPair.publicKeyPem };
     }
 
     function scheduleSync(delayMs: number): void {
@@ -259,13 +289,13 @@ export = function register(RED: NodeAPI): void {
     }
 
     /** One sync at a time; then the fingerprints of both sites are compared with ours. */
-    function runSync(force: boolean): Promise<KeySyncResult> {
+    function runSync(force: boolean, allowRollback = false): Promise<KeySyncResult> {
       if (syncing) return syncing;
       const attempt = (async () => {
         const { keyring, sync } = opened ?? (await ensureOpen());
         if (!sync) throw new KeySyncError('NO_SITE', 'key sync is not configured: set an HES endpoint and trust anchors');
         try {
-          let result = await sync.sync({ force });
+          let result = await sync.sync({ force, allowRollback });
           lastSync = { at: new Date().toISOString(), site: result.site, meters: keyring.keys.size, epoch: result.epoch };
           node.log(RED._('ami-keyring.log.synced', { count: keyring.keys.size, epoch: result.epoch }) + ` (${result.site}${result.full ? ', full' : ''})`);
           lastFingerprints = await sync.compareFingerprints();
@@ -309,6 +339,7 @@ export = function register(RED: NodeAPI): void {
         },
         (err: Error) => {
           opening = undefined;
+          if (closed) throw err;
           problem(err.message);
           users.status({ fill: 'red', shape: 'ring', text: err.message.slice(0, 60) });
           node.error(err.message);
@@ -341,7 +372,8 @@ export = function register(RED: NodeAPI): void {
     };
 
     keyrings.set(node.id, {
-      sync: (force) => runSync(force),
+      // An operator's forced resync may take older keys (the HES rolled back on purpose); nothing else may.
+      sync: (force) => runSync(force, force),
       report: async () => {
         const base: KeyringReport = { id: node.id, name: node.name ?? '', lastSync, lastError };
         if (!opened) return base;
@@ -375,7 +407,10 @@ export = function register(RED: NodeAPI): void {
         return;
       }
       current
-        .then((result) => result.keyring.close())
+        .then(async (result) => {
+          await result.keyring.close();
+          await result.lease.release();
+        })
         .catch(() => undefined)
         .then(done, done);
     });

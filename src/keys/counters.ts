@@ -40,8 +40,10 @@ function decodeCounter(bytes: Uint8Array): number | undefined {
 export type ReplayVerdict = 'fresh' | 'repeat' | 'replay';
 
 const DIGEST_BYTES = 16;
-/** system title (8) + counter (4) + digest (16) */
-const ENTRY_BYTES = 8 + 4 + DIGEST_BYTES;
+const KEY_ID_BYTES = 4;
+/** system title (8) + key id (4) + counter (4) + digest (16) */
+const ENTRY_BYTES = 8 + KEY_ID_BYTES + 4 + DIGEST_BYTES;
+const NO_KEY_ID = Buffer.alloc(KEY_ID_BYTES);
 const SNAPSHOT_KEY = 'snapshot';
 const JOURNAL_PREFIX = 'j/';
 /** Journal records between two snapshots. */
@@ -50,6 +52,20 @@ const SNAPSHOT_EVERY = 256;
 interface LastFrame {
   counter: number;
   digest: Buffer;
+  /**
+   * Which keys the counter belongs to (4 bytes of a digest of EK and AK):
+   * DLMS ties the invocation counter to the key, so a frame under other keys
+   * starts afresh, however the keys changed (transfer, sync, a meter removed
+   * and re-added), and a counter is never reset for keys that did not change.
+   */
+  keyId: Buffer;
+}
+
+function keyIdOf(keyId: Uint8Array | undefined): Buffer {
+  if (!keyId) return NO_KEY_ID;
+  const id = Buffer.alloc(KEY_ID_BYTES);
+  id.set(keyId.subarray(0, KEY_ID_BYTES));
+  return id;
 }
 
 /** The stored form of a frame's identity: its first 16 bytes, zero-padded (a 12-byte GCM tag fits). */
@@ -102,11 +118,12 @@ export class ReplayGuard {
     const bytes = Buffer.from(packed.buffer, packed.byteOffset, packed.byteLength);
     for (let at = 0; at + ENTRY_BYTES <= bytes.length; at += ENTRY_BYTES) {
       const systemTitle = bytes.toString('hex', at, at + 8);
-      const counter = bytes.readUInt32BE(at + 8);
-      // A counter of 0 with an all-zero digest marks a reset (new keys).
-      const digest = Buffer.from(bytes.subarray(at + 12, at + ENTRY_BYTES));
-      if (counter === 0 && digest.every((b) => b === 0)) this.last.delete(systemTitle);
-      else this.last.set(systemTitle, { counter, digest });
+      const keyId = Buffer.from(bytes.subarray(at + 8, at + 12));
+      const counter = bytes.readUInt32BE(at + 12);
+      // An all-zero entry marks a reset.
+      const digest = Buffer.from(bytes.subarray(at + 16, at + ENTRY_BYTES));
+      if (counter === 0 && digest.every((b) => b === 0) && keyId.equals(NO_KEY_ID)) this.last.delete(systemTitle);
+      else this.last.set(systemTitle, { counter, digest, keyId });
     }
   }
 
@@ -118,8 +135,9 @@ export class ReplayGuard {
       packed.write(systemTitle, at, 8, 'hex');
       const entry = this.last.get(systemTitle);
       if (entry) {
-        packed.writeUInt32BE(entry.counter, at + 8);
-        entry.digest.copy(packed, at + 12, 0, DIGEST_BYTES);
+        entry.keyId.copy(packed, at + 8);
+        packed.writeUInt32BE(entry.counter, at + 12);
+        entry.digest.copy(packed, at + 16, 0, DIGEST_BYTES);
       }
     });
     return packed;
@@ -129,18 +147,19 @@ export class ReplayGuard {
     return this.last.get(systemTitle)?.counter;
   }
 
-  check(systemTitle: string, invocationCounter: number, digest: Uint8Array): ReplayVerdict {
+  check(systemTitle: string, invocationCounter: number, digest: Uint8Array, keyId?: Uint8Array): ReplayVerdict {
     const last = this.last.get(systemTitle);
-    if (last === undefined || invocationCounter > last.counter) return 'fresh';
+    if (last === undefined || invocationCounter > last.counter || !last.keyId.equals(keyIdOf(keyId))) return 'fresh';
     if (invocationCounter === last.counter && last.digest.equals(frameDigest(digest))) return 'repeat';
     return 'replay';
   }
 
   /** Records an authenticated frame's counter; resolves when it is written. */
-  accept(systemTitle: string, invocationCounter: number, digest: Uint8Array): Promise<void> {
+  accept(systemTitle: string, invocationCounter: number, digest: Uint8Array, keyId?: Uint8Array): Promise<void> {
     const last = this.last.get(systemTitle);
-    if (last !== undefined && invocationCounter <= last.counter) return Promise.resolve();
-    this.last.set(systemTitle, { counter: invocationCounter, digest: frameDigest(digest) });
+    const id = keyIdOf(keyId);
+    if (last !== undefined && invocationCounter <= last.counter && last.keyId.equals(id)) return Promise.resolve();
+    this.last.set(systemTitle, { counter: invocationCounter, digest: frameDigest(digest), keyId: id });
     this.dirty.add(systemTitle);
     return this.scheduleFlush();
   }

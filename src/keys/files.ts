@@ -1,5 +1,5 @@
 import { createPublicKey, randomBytes } from 'node:crypto';
-import { chmodSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, fsyncSync, linkSync, mkdirSync, openSync, readFileSync, rmSync, statSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import { generateGatewayKeyPair, type RsaKeyPairPem } from './pki.js';
 import { KeyStoreError } from './keystore.js';
@@ -14,14 +14,34 @@ import { KeyStoreError } from './keystore.js';
 export const MASTER_KEY_FILE = 'master.key';
 export const GATEWAY_KEY_FILE = 'gateway-key.pem';
 
+/**
+ * Creates the file atomically: written and synced under a temporary name,
+ * then hard-linked into place, so a crash or a full disk never leaves an
+ * empty key file behind, and a file that exists is never replaced.
+ */
 function readOrCreate(file: string, create: () => string): string {
   mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
-  try {
-    writeFileSync(file, create(), { mode: 0o600, flag: 'wx' });
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-    if ((statSync(file).mode & 0o077) !== 0) chmodSync(file, 0o600);
+  if (!existsSync(file)) {
+    const temporary = `${file}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+    try {
+      const fd = openSync(temporary, 'wx', 0o600);
+      try {
+        writeSync(fd, create());
+        fsyncSync(fd);
+      } finally {
+        closeSync(fd);
+      }
+      try {
+        linkSync(temporary, file);
+      } catch (err) {
+        // Another start created it first: keep theirs.
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      }
+    } finally {
+      rmSync(temporary, { force: true });
+    }
   }
+  if ((statSync(file).mode & 0o077) !== 0) chmodSync(file, 0o600);
   return readFileSync(file, 'utf8');
 }
 

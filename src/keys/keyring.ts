@@ -65,6 +65,8 @@ export interface OpenedFrame {
   switchedToPendingKeys: boolean;
   /** The meter sent its last accepted frame again (it missed the answer); downstream deduplicates by key. */
   repeat: boolean;
+  /** Epoch of the keys the frame authenticated under: with the counter, it names the frame uniquely. */
+  keyEpoch?: number;
 }
 
 export interface SealOptions {
@@ -174,13 +176,19 @@ export class Keyring extends EventEmitter<KeyringEvents> {
       this.counters.malformed += 1;
       throw err;
     }
+    if (!frame.security.authentication && !context.allowPlain) {
+      // Without a tag anyone can forge such a frame (the system title travels in clear):
+      // it must neither reach the HES nor move a meter's replay counter.
+      throw new DlmsError('UNPROTECTED', 'the APDU is encrypted but not authenticated (security control 0x20), and unauthenticated APDUs are not accepted');
+    }
     const systemTitle = this.senderSystemTitle(frame, context);
     const entry = this.keys.get(systemTitle);
     if (!entry) {
       this.counters.noKeys += 1;
       throw new DlmsError('NO_KEYS', `no keys for system title ${systemTitle}`);
     }
-    const replayCheck = context.replayCheck !== false;
+    // Unauthenticated frames (allowed only with allowPlain) never touch the replay counters.
+    const replayCheck = context.replayCheck !== false && frame.security.authentication;
     // What identifies this exact frame for repeat detection: its GCM tag when it has one (a MAC over
     // the whole frame, computed anyway), otherwise a digest of its bytes.
     const digest = frame.authTag && frame.authTag.length >= 12 ? frame.authTag : createHash('sha256').update(apduBytes).digest();
@@ -196,9 +204,10 @@ export class Keyring extends EventEmitter<KeyringEvents> {
     if (replayCheck) {
       // Checked again after decrypt(): another openFrame may have accepted this counter meanwhile,
       // and a switch to the staged keys restarted the meter's counter.
-      verdict = this.replay.check(systemTitle, frame.invocationCounter, digest);
+      const keyId = this.keyIdOf(switched ? (this.keys.get(systemTitle) ?? entry) : entry);
+      verdict = this.replay.check(systemTitle, frame.invocationCounter, digest, keyId);
       if (verdict === 'replay') throw this.replayError(systemTitle, frame.invocationCounter);
-      if (verdict === 'fresh') await this.replay.accept(systemTitle, frame.invocationCounter, digest);
+      if (verdict === 'fresh') await this.replay.accept(systemTitle, frame.invocationCounter, digest, keyId);
       // A repeat racing the first copy's write waits for it too: nothing leaves before its counter is written.
       else await this.replay.settled();
     }
@@ -208,7 +217,9 @@ export class Keyring extends EventEmitter<KeyringEvents> {
     } catch (err) {
       this.counters.malformed += 1;
       if (err instanceof DlmsError) {
-        throw new DlmsError(err.code, `decrypted APDU from ${systemTitle}: ${err.message}`, err.offset);
+        // The offset is re-added by the constructor; strip the copy the message already carries.
+        const message = err.offset === undefined ? err.message : err.message.replace(/ \(at byte \d+\)$/, '');
+        throw new DlmsError(err.code, `decrypted APDU from ${systemTitle}: ${message}`, err.offset);
       }
       throw err;
     }
@@ -230,7 +241,20 @@ export class Keyring extends EventEmitter<KeyringEvents> {
       apdu,
       switchedToPendingKeys: switched,
       repeat: verdict === 'repeat',
+      keyEpoch: switched ? (this.keys.get(systemTitle)?.epoch ?? entry.epoch) : entry.epoch,
     };
+  }
+
+  private readonly keyIds = new WeakMap<StoredMeterKeys, Buffer>();
+
+  /** 4 bytes identifying a meter's EK and AK, so replay counters follow the keys. */
+  private keyIdOf(entry: StoredMeterKeys): Buffer {
+    let id = this.keyIds.get(entry);
+    if (!id) {
+      id = createHash('sha256').update(entry.ek).update(entry.ak).digest().subarray(0, 4);
+      this.keyIds.set(entry, id);
+    }
+    return id;
   }
 
   private replayError(systemTitle: string, invocationCounter: number): DlmsError {
@@ -330,17 +354,18 @@ export class Keyring extends EventEmitter<KeyringEvents> {
     return { streak: this.mic.streak(systemTitle), total: this.mic.total(systemTitle) };
   }
 
-  /** The meter confirmed a key transfer: the staged keys become current; its counter restarts. */
+  /**
+   * The meter confirmed a key transfer: the staged keys become current. Its
+   * counter restarts with them (replay state is kept per key, see ReplayGuard).
+   */
   async confirmKeyTransfer(systemTitle: string): Promise<StoredMeterKeys> {
-    const updated = await this.keys.confirmPending(systemTitle);
-    await this.replay.reset([updated.systemTitle]);
-    return updated;
+    return this.keys.confirmPending(systemTitle);
   }
 
-  /** Applies synced keys; the replay counters of re-keyed meters restart. */
+  /** Applies synced keys. */
   async applyKeys(...args: Parameters<KeyStore['apply']>): ReturnType<KeyStore['apply']> {
-    const changes = await this.keys.apply(...args);
-    await this.replay.reset(changes.rekeyed);
-    return changes;
+    // Replay counters need no reset: they are kept per key, so new keys start afresh
+    // and a meter re-added with the same keys keeps its counter.
+    return this.keys.apply(...args);
   }
 }

@@ -190,7 +190,10 @@ export class KeyStore extends EventEmitter<KeyStoreEvents> {
    * to it (meters it does not list are removed); `replace` takes the listed
    * keys whatever their epoch. Written in one synced batch.
    */
-  async apply(meters: MeterKeySet[], options: { full: boolean; replace?: boolean; removed?: string[] }): Promise<KeyStoreChanges> {
+  async apply(
+    meters: MeterKeySet[],
+    options: { full: boolean; replace?: boolean; allowRollback?: boolean; removed?: string[] },
+  ): Promise<KeyStoreChanges> {
     for (const keys of meters) checkKeySet(keys);
     const changes: KeyStoreChanges = { added: 0, updated: 0, removed: 0, unchanged: 0, rekeyed: [] };
     const next = new Map<string, StoredMeterKeys>();
@@ -208,6 +211,12 @@ export class KeyStore extends EventEmitter<KeyStoreEvents> {
         changes.unchanged += 1;
         continue;
       }
+      // Older keys never replace newer ones (a lagging site, or an old signed bundle played back
+      // after forged MIC failures), unless an operator forces a resync.
+      if (current && incoming.epoch < current.epoch && !options.allowRollback) {
+        changes.unchanged += 1;
+        continue;
+      }
       // A targeted resync (after MIC failures) or a forced one takes the HES's keys even at the same epoch.
       if (current && !options.full && !options.replace && incoming.epoch <= current.epoch) {
         changes.unchanged += 1;
@@ -218,7 +227,7 @@ export class KeyStore extends EventEmitter<KeyStoreEvents> {
       next.set(systemTitle, incoming);
       if (current) changes.updated += 1;
       else changes.added += 1;
-      if (!current || !current.ek.equals(incoming.ek) || !current.ak.equals(incoming.ak)) changes.rekeyed.push(systemTitle);
+      if (current && (!current.ek.equals(incoming.ek) || !current.ak.equals(incoming.ak))) changes.rekeyed.push(systemTitle);
     }
     const removals = new Set<string>();
     if (options.full) {

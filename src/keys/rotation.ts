@@ -89,6 +89,7 @@ export async function transferGlobalKeys(keyring: Keyring, request: KeyTransferR
     await keyring.keys.discardPending(current.systemTitle);
     return { result: 'refused', actionResult: opened.apdu.result, reason: nameOf(ACTION_RESULT, opened.apdu.result) };
   }
-  await keyring.confirmKeyTransfer(current.systemTitle);
+  // Another frame under the new keys may have confirmed the transfer while we waited.
+  if (keyring.keys.get(current.systemTitle)?.pending) await keyring.confirmKeyTransfer(current.systemTitle);
   return { result: 'confirmed', epoch: request.next.epoch };
 }

@@ -84,7 +84,7 @@ export class KeySync {
    * the current keys of `systemTitles` only) from the first site that
    * answers with a valid bundle, and applies them.
    */
-  async sync(request: { force?: boolean; systemTitles?: string[] } = {}): Promise<KeySyncResult> {
+  async sync(request: { force?: boolean; allowRollback?: boolean; systemTitles?: string[] } = {}): Promise<KeySyncResult> {
     if (this.options.sites.length === 0) throw new KeySyncError('NO_SITE', 'no HES site is configured for key sync');
     const force = request.force === true;
     const targeted = request.systemTitles !== undefined && request.systemTitles.length > 0;
@@ -135,6 +135,8 @@ export class KeySync {
       const changes = await this.keyring.applyKeys(bundle.meters, {
         full: force && bundle.full,
         replace: targeted || force,
+        // Only an operator's explicit resync may take keys older than the ones held.
+        allowRollback: force && request.allowRollback === true,
         ...(bundle.removed ? { removed: bundle.removed } : {}),
       });
       return { site, full: bundle.full, epoch: bundle.epoch, meters: bundle.meters.length, changes };

@@ -5,6 +5,7 @@ import { CONTENT_FORMAT, encodeReading, readingKey, type MeterReading } from '..
 import { DLMS_PATH, READINGS_PATH } from '../coap/endpoint.js';
 import { dlmsRecordKey } from '../hes/records.js';
 import { SimulatedCosemMeter } from './cosem-meter.js';
+import { parseCipheredApdu } from '../dlms/security.js';
 import { DEFAULT_SIM_KEY_SEED, simMeterKeys } from './meter-keys.js';
 import { parseCoapUrl } from '../coap/url.js';
 import { JsonLinesRecorder } from './recorder.js';
@@ -76,9 +77,8 @@ class SimulatedMeter {
         reading.values.map((v) => ({ obis: v.obis, value: v.unit === 'V' ? Math.round(v.value * 10) : v.value, scaler: v.unit === 'V' ? -1 : 0, ...(v.unit ? { unit: v.unit } : {}) })),
         new Date(reading.ts),
       );
-      // The invocation counter is bytes 11-14 of a general-glo frame with an 8-byte system title (tag, len, title, len, SC).
-      const counter = frame.readUInt32BE(12);
-      sealed = { frame, key: dlmsRecordKey(this.cosem.systemTitle, counter) };
+      const counter = parseCipheredApdu(frame).invocationCounter;
+      sealed = { frame, key: dlmsRecordKey(this.cosem.systemTitle, this.cosem.currentKeys.epoch, counter) };
       this.frames.set(reading, sealed);
     }
     if (!sealed) throw new Error(`${this.name} does not speak DLMS`);
@@ -168,7 +168,7 @@ export class MeterFleet {
     for (let i = 1; i <= this.options.count; i++) {
       const name = `${prefix}${String(i).padStart(6, '0')}`;
       const cosem =
-        this.options.protocol === 'dlms' ? new SimulatedCosemMeter(simMeterKeys(this.options.keySeed ?? DEFAULT_SIM_KEY_SEED, name, 1), { invocationCounter: Date.now() % 1_000_000_000 }) : undefined;
+        this.options.protocol === 'dlms' ? new SimulatedCosemMeter(simMeterKeys(this.options.keySeed ?? DEFAULT_SIM_KEY_SEED, name, 1), { invocationCounter: Math.floor(Date.now() / 1000) }) : undefined;
       this.meters.push(new SimulatedMeter(name, new coap.Agent({ type }), bootId, cosem));
     }
     for (const meter of this.meters) {

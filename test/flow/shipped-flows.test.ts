@@ -113,13 +113,14 @@ describe('shipped flows', () => {
       timeoutMs: 10_000,
     });
     expect(response.code).toBe('2.04');
-    const key = dlmsRecordKey(meter.systemTitle, 1);
+    const key = dlmsRecordKey(meter.systemTitle, 1, 1);
     expect(hes.has(key)).toBe(true);
     const msg = await delivered;
     expect(msg.payload).toMatchObject({
       meter: DLMS_METER,
       systemTitle: meter.systemTitle,
       invocationCounter: 1,
+      keyEpoch: 1,
       apdu: { type: 'data-notification' },
       values: [{ obis: '1.0.1.8.0.255', value: 4242, unit: 'Wh' }],
     });

@@ -552,3 +552,62 @@ describe('global key transfer', () => {
     expect((await keyring.openFrame(meter.pushFrame(READING))).switchedToPendingKeys).toBe(false);
   });
 });
+
+describe('review findings (regressions)', () => {
+  it('refuses an unauthenticated (encryption-only) frame without moving the counter, even a forged one with a huge counter', async () => {
+    const keys = METER_KEYS[0] as MeterKeySet;
+    const { keyring } = await keyringWithMeters();
+    const meter = new SimulatedCosemMeter(keys, { invocationCounter: 4 });
+    await keyring.openFrame(meter.pushFrame(READING));
+    // Anyone can build this: the system title travels in clear and there is no tag to forge.
+    const forged = encryptApdu(Buffer.from([0x0f, 0, 0, 0, 1, 0, 0]), {
+      keys: { ek: randomBytes(16), ak: randomBytes(16) },
+      systemTitle: Buffer.from(keys.systemTitle, 'hex'),
+      invocationCounter: 0xffff_fff0,
+      security: 'encrypted',
+      framing: 'general-glo',
+    });
+    await expectDlmsError(keyring.openFrame(forged), 'UNPROTECTED');
+    const next = await keyring.openFrame(meter.pushFrame(READING));
+    expect(next.repeat).toBe(false);
+    expect(next.security?.invocationCounter).toBe(6);
+  });
+
+  it('never rolls keys back to an older epoch unless told to, and keeps replay state for unchanged keys', async () => {
+    const keys = METER_KEYS[1] as MeterKeySet;
+    const { keyring } = await keyringWithMeters([keys]);
+    const newer = simMeterKeys(SEED, keys.meter, 2);
+    await keyring.applyKeys([newer], { full: false });
+    // An old signed bundle played back (or a lagging site) in a targeted resync: refused.
+    const changes = await keyring.applyKeys([keys], { full: false, replace: true });
+    expect(changes.unchanged).toBe(1);
+    expect(keyring.keys.get(keys.systemTitle)?.epoch).toBe(2);
+    // Only an operator's forced resync may take the older keys.
+    await keyring.applyKeys([keys], { full: true, replace: true, allowRollback: true });
+    expect(keyring.keys.get(keys.systemTitle)?.epoch).toBe(1);
+  });
+
+  it('a meter dropped by one full sync and re-added with the same keys keeps its replay counter', async () => {
+    const [a, b] = METER_KEYS as [MeterKeySet, MeterKeySet];
+    const { keyring } = await keyringWithMeters([a, b]);
+    const meter = new SimulatedCosemMeter(a, { invocationCounter: 9 });
+    const old = meter.pushFrame(READING);
+    await keyring.openFrame(old);
+    await keyring.openFrame(meter.pushFrame(READING));
+    await keyring.applyKeys([b], { full: true });
+    expect(keyring.keys.get(a.systemTitle)).toBeUndefined();
+    await keyring.applyKeys([a, b], { full: true });
+    await expectDlmsError(keyring.openFrame(old), 'REPLAY');
+  });
+
+  it('frames under new keys carry the new key epoch, so their record keys never collide with the old ones', async () => {
+    const keys = METER_KEYS[2] as MeterKeySet;
+    const { keyring } = await keyringWithMeters([keys]);
+    const before = await keyring.openFrame(new SimulatedCosemMeter(keys, { invocationCounter: 0 }).pushFrame(READING));
+    const rotated = simMeterKeys(SEED, keys.meter, 3);
+    await keyring.applyKeys([rotated], { full: false });
+    const after = await keyring.openFrame(new SimulatedCosemMeter(rotated, { invocationCounter: 0 }).pushFrame(READING));
+    expect(before.security?.invocationCounter).toBe(after.security?.invocationCounter);
+    expect([before.keyEpoch, after.keyEpoch]).toEqual([1, 3]);
+  });
+});
