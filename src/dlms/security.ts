@@ -278,7 +278,9 @@ function parseContent(
   start: number,
   end: number,
   lengthOffset: number,
-): CipheredContent {
+  kind: CipheredFraming,
+  tag: number,
+): CipheredApdu {
   if (end - start < SECURITY_HEADER_LENGTH) {
     throw new DlmsError('BAD_LENGTH', `ciphered content of ${end - start} bytes is shorter than the security header`, lengthOffset);
   }
@@ -300,7 +302,8 @@ function parseContent(
   }
   // Copies, so the parsed frame does not change if the caller reuses its buffer.
   const ciphertext = Buffer.from(view.subarray(infoStart, infoEnd));
-  const result: CipheredContent = { securityControl, security, invocationCounter, ciphertext };
+  // Built in one literal: spreading a parsed part into the result cost a tenth of a frame's work.
+  const result: CipheredApdu = { kind, tag, securityControl, security, invocationCounter, ciphertext };
   if (security.authentication) result.authTag = Buffer.from(view.subarray(infoEnd, end));
   return result;
 }
@@ -323,7 +326,7 @@ export function parseCipheredApdu(bytes: Uint8Array): CipheredApdu {
       throw new DlmsError('BAD_LENGTH', `length ${length.value} runs past the end of the input`, 1);
     }
     if (end < bytes.length) throw new DlmsError('TRAILING_BYTES', `${bytes.length - end} bytes after the ciphered APDU`, end);
-    return { kind: 'glo', tag, ...parseContent(bytes, length.next, end, 1) };
+    return parseContent(bytes, length.next, end, 1, 'glo', tag);
   }
 
   if (tag === GENERAL_GLO_CIPHERING_TAG) {
@@ -340,11 +343,7 @@ export function parseCipheredApdu(bytes: Uint8Array): CipheredApdu {
       throw new DlmsError('BAD_LENGTH', `length ${length.value} runs past the end of the input`, contentLengthOffset);
     }
     if (end < bytes.length) throw new DlmsError('TRAILING_BYTES', `${bytes.length - end} bytes after the ciphered APDU`, end);
-    const frame: CipheredApdu = {
-      kind: 'general-glo',
-      tag,
-      ...parseContent(bytes, length.next, end, contentLengthOffset),
-    };
+    const frame = parseContent(bytes, length.next, end, contentLengthOffset, 'general-glo', tag);
     if (titleLength.value === SYSTEM_TITLE_LENGTH) {
       frame.systemTitle = Buffer.from(bytes.subarray(titleLength.next, titleEnd));
     }

@@ -63,6 +63,8 @@ interface LastFrame {
 
 function keyIdOf(keyId: Uint8Array | undefined): Buffer {
   if (!keyId) return NO_KEY_ID;
+  // The keyring hands in a cached 4-byte Buffer per key: no copy per frame.
+  if (Buffer.isBuffer(keyId) && keyId.length === KEY_ID_BYTES) return keyId;
   const id = Buffer.alloc(KEY_ID_BYTES);
   id.set(keyId.subarray(0, KEY_ID_BYTES));
   return id;
