@@ -22,6 +22,8 @@ interface DecodeMessage extends NodeMessageInFlow {
   dlms?: unknown;
 }
 
+const KEYS_RETRY_SECONDS = 10;
+
 /**
  * What the meter hears when its frame is refused. Frames that can never
  * succeed as sent get a 4.xx, so the meter drops them; frames that may
@@ -33,7 +35,8 @@ function meterOutcome(code: DlmsErrorCode, reason: string): ExchangeOutcome {
     case 'MIC_FAILURE':
     case 'NO_KEYS':
     case 'NO_SYSTEM_TITLE':
-      return { accepted: false, reason };
+      // Keys are usually a sync away (first start, a resync after MIC failures): retry sooner.
+      return { accepted: false, reason, retryAfterSeconds: KEYS_RETRY_SECONDS };
     case 'REPLAY':
     case 'UNPROTECTED':
       return { accepted: false, reason, refuseWith: '4.01' };

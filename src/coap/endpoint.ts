@@ -294,13 +294,13 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
     } else if (outcome.refuseWith) {
       for (const res of entry.responses) this.refuse(res, outcome.refuseWith, 'REFUSED_BY_FLOW', outcome.reason, entry.uplink.peer);
     } else {
-      for (const res of entry.responses) this.defer(res, entry.uplink, outcome.reason);
+      for (const res of entry.responses) this.defer(res, entry.uplink, outcome.reason, outcome.retryAfterSeconds);
     }
   }
 
-  private defer(res: OutgoingMessage, uplink: AnyUplink | undefined, reason: string): void {
+  private defer(res: OutgoingMessage, uplink: AnyUplink | undefined, reason: string, retryAfterSeconds?: number): void {
     res.code = '5.03';
-    res.setOption('Max-Age', this.options.retryAfterSeconds);
+    res.setOption('Max-Age', retryAfterSeconds ?? this.options.retryAfterSeconds);
     res.setOption('Content-Format', 'text/plain');
     res.end(reason);
     this.emit('deferred', uplink, reason);

@@ -12,7 +12,15 @@
  * request will never succeed as sent (malformed, or a replayed frame), so
  * the meter should drop it rather than retry.
  */
-export type ExchangeOutcome = { accepted: true } | { accepted: false; reason: string; refuseWith?: '4.00' | '4.01' | '4.03' };
+export type ExchangeOutcome =
+  | { accepted: true }
+  | {
+      accepted: false;
+      reason: string;
+      refuseWith?: '4.00' | '4.01' | '4.03';
+      /** Max-Age for the meter's retry, when the consumer knows better than the endpoint's default. */
+      retryAfterSeconds?: number;
+    };
 export type ExchangeSettler = (outcome: ExchangeOutcome) => void;
 
 interface PendingExchange {

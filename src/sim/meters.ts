@@ -1,3 +1,4 @@
+import { setMaxListeners } from 'node:events';
 import * as coap from 'coap';
 import type { Agent } from 'coap';
 import { closeAgent, coapCall, CoapRequestError } from '../coap/request.js';
@@ -148,6 +149,8 @@ export class MeterFleet {
   private readonly ackListeners = new Set<(reading: MeterReading) => void>();
 
   constructor(readonly options: MeterFleetOptions) {
+    // Every request of every meter listens on the fleet's abort signal (to stop them all at once).
+    setMaxListeners(0, this.abort.signal);
     parseCoapUrl(options.gateway);
   }
 

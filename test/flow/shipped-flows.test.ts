@@ -134,6 +134,8 @@ describe('shipped flows', () => {
     forged[forged.length - 1]! ^= 0x01;
     const refused = await coapCall(`coap://[::1]:${meshPort}/dlms?ep=${DLMS_METER}`, { method: 'POST', payload: forged, contentFormat: 42, timeoutMs: 10_000 });
     expect(refused.code).toBe('5.03');
+    // Keys are a resync away: the meter is asked back sooner than the endpoint's 30 s default.
+    expect(refused.maxAge).toBe(10);
     expect(refused.payload.toString()).toMatch(/MIC_FAILURE/);
   });
 
