@@ -1,4 +1,8 @@
 import type { NodeAPI, NodeDef } from 'node-red';
+import type { Request, Response } from 'express';
+import { MeterRegistry } from '../../src/mesh/registry.js';
+import { ResourceDirectory } from '../../src/mesh/rd.js';
+import { acquireDatabase, type DatabaseLease } from '../../src/store/database.js';
 import {
   DEFAULT_ACCEPT_TIMEOUT_MS,
   DEFAULT_RETRY_AFTER_SECONDS,
@@ -9,13 +13,39 @@ import { gatewayHealth } from '../../src/appliance/health.js';
 import { ConfigUsers } from '../shared/config-users.js';
 import { numberProperty, stringProperty } from '../shared/settings-values.js';
 import { registerHealthRoute } from '../shared/health-route.js';
-import type { MeshEndpointNode } from '../shared/types.js';
+import type { MeshEndpointNode, StoreNode } from '../shared/types.js';
 
 interface MeshEndpointDef extends NodeDef {
   bind: string;
   port: string;
   acceptTimeout: string;
   retryAfter: string;
+  /** Optional: with a store, the endpoint is also the resource directory (RFC 9176). */
+  store?: string;
+  maxMeters?: string;
+}
+
+/** Registrations written at once; beyond this a reconnect storm is told to come back (5.03). */
+const RD_MAX_IN_FLIGHT = 512;
+const RD_RETRY_AFTER_SECONDS = 20;
+const DEFAULT_MAX_METERS = 20_000;
+
+/** The registries of deployed mesh endpoints, for GET /ami/mesh/meters. */
+const registries = new Map<string, { name: string; registry: () => MeterRegistry | undefined }>();
+const routedApps = new WeakSet<object>();
+
+function registerMeshRoutes(RED: NodeAPI): void {
+  const app = RED.httpAdmin;
+  if (routedApps.has(app)) return;
+  routedApps.add(app);
+  app.get('/ami/mesh/meters', RED.auth.needsPermission('ami-mesh-endpoint.read'), (_req: Request, res: Response) => {
+    res.set('Cache-Control', 'no-store');
+    const endpoints = [...registries.entries()].map(([id, entry]) => {
+      const registry = entry.registry();
+      return { id, name: entry.name, registry: registry !== undefined, meters: registry ? registry.list() : [] };
+    });
+    res.json({ endpoints });
+  });
 }
 
 const DEFAULT_BIND = '::1';
@@ -24,6 +54,7 @@ const LISTEN_RETRY_MS = 5000;
 
 export = function register(RED: NodeAPI): void {
   registerHealthRoute(RED);
+  registerMeshRoutes(RED);
 
   function AmiMeshEndpoint(this: MeshEndpointNode, def: MeshEndpointDef): void {
     RED.nodes.createNode(this, def);
@@ -38,7 +69,15 @@ export = function register(RED: NodeAPI): void {
     let port = DEFAULT_PORT;
     let acceptTimeoutMs = DEFAULT_ACCEPT_TIMEOUT_MS;
     let retryAfterSeconds = DEFAULT_RETRY_AFTER_SECONDS;
+    const store = def.store ? (RED.nodes.getNode(def.store) as StoreNode | null) : null;
+    let maxMeters = DEFAULT_MAX_METERS;
+    let registry: MeterRegistry | undefined;
+    let registryLease: DatabaseLease | undefined;
+    let registryOpening: Promise<void> | undefined;
+    let closed = false;
+    registries.set(node.id, { name: node.name ?? '', registry: () => registry });
     try {
+      maxMeters = numberProperty('Max meters', def.maxMeters, DEFAULT_MAX_METERS, 1, 1_000_000);
       bind = stringProperty(def.bind, DEFAULT_BIND);
       port = numberProperty('Port', def.port, DEFAULT_PORT, 0, 65535);
       acceptTimeoutMs = numberProperty('Accept timeout', def.acceptTimeout, DEFAULT_ACCEPT_TIMEOUT_MS, 100, 60_000);
@@ -67,7 +106,58 @@ export = function register(RED: NodeAPI): void {
         node.warn(`${RED._('ami-mesh-endpoint.errors.rejected', { peer: `[${peer.address}]:${peer.port}` })} (${reason}): ${message}`);
       });
       mesh.on('error', (err) => node.error(`${RED._('ami-mesh-endpoint.errors.runtime')}: ${err.message}`));
+      if (store) {
+        // The resource directory is served once the registry is loaded; until then /rd is 4.04.
+        registryOpening ??= openRegistry(store).catch((err: Error) => {
+          registryOpening = undefined;
+          gatewayHealth.setProblem(`${healthKey} registry`, err.message);
+          node.error(`${RED._('ami-mesh-endpoint.errors.registry')}: ${err.message}`);
+        });
+        void registryOpening.then(() => {
+          if (registry && endpoint === mesh) removers.set('rd', mesh.addResource(rdResource(registry)));
+        });
+      }
       listen(mesh);
+    }
+
+    async function openRegistry(storeNode: StoreNode): Promise<void> {
+      await storeNode.database();
+      const lease = await acquireDatabase(storeNode.location);
+      let opened: MeterRegistry;
+      try {
+        opened = await MeterRegistry.open(lease.db, { maxMeters });
+      } catch (err) {
+        await lease.release();
+        throw err;
+      }
+      if (closed) {
+        await opened.close();
+        await lease.release();
+        return;
+      }
+      registryLease = lease;
+      registry = opened;
+      opened.on('joined', (meter) => node.debug(RED._('ami-mesh-endpoint.log.joined', { endpoint: meter.endpoint, address: `[${meter.address.address}]:${meter.address.port}` })));
+      opened.on('removed', (meter, reason) => {
+        if (reason === 'expired') node.log(RED._('ami-mesh-endpoint.log.expired', { endpoint: meter.endpoint, reason }));
+      });
+    }
+
+    function rdResource(meterRegistry: MeterRegistry): { matches(path: string): boolean; handle: ResourceDirectory['handle'] } {
+      const directory = new ResourceDirectory(meterRegistry, { maxInFlight: RD_MAX_IN_FLIGHT, retryAfterSeconds: RD_RETRY_AFTER_SECONDS });
+      return { matches: (path) => ResourceDirectory.handles(path), handle: (req, res, path, query) => directory.handle(req, res, path, query) };
+    }
+
+    async function closeRegistry(): Promise<void> {
+      const current = registryOpening;
+      registryOpening = undefined;
+      await current;
+      const opened = registry;
+      const lease = registryLease;
+      registry = undefined;
+      registryLease = undefined;
+      await opened?.close();
+      await lease?.release();
     }
 
     function listen(mesh: MeshEndpoint): void {
@@ -116,18 +206,19 @@ export = function register(RED: NodeAPI): void {
     };
 
     node.on('close', (done: () => void) => {
+      closed = true;
       clearTimeout(retryTimer);
+      registries.delete(node.id);
       gatewayHealth.setProblem(healthKey, undefined);
+      gatewayHealth.setProblem(`${healthKey} registry`, undefined);
       const closing = endpoint;
       endpoint = undefined;
-      if (!closing) {
-        done();
-        return;
-      }
-      closing.stop().then(done, (err: Error) => {
-        node.error(err.message);
-        done();
-      });
+      (closing ? closing.stop() : Promise.resolve())
+        .then(() => closeRegistry())
+        .then(done, (err: Error) => {
+          node.error(err.message);
+          done();
+        });
     });
   }
 

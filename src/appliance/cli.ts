@@ -30,6 +30,8 @@ Usage:
   ami-gateway keys sync [--force] [--json]  sync meter keys from the HES now (--force: full resync)
                                             (keys: --url http://HOST:PORT, --user NAME with AMI_ADMIN_PASSWORD,
                                              or AMI_ADMIN_TOKEN, when the editor has admin users)
+  ami-gateway mesh meters [--json]          meters registered with the gateway's resource directory, with link metrics
+  ami-gateway mesh topology [--json]        hop counts; meters beyond 8 hops or below -85 dBm
   ami-gateway hash-password                 read a password on stdin, print its bcrypt hash for adminUsers
   ami-gateway --version
 
@@ -261,6 +263,17 @@ export async function main(argv: string[]): Promise<number | undefined> {
           return result.exitCode;
         } catch (err) {
           if (err instanceof KeysUsageError) throw new UsageError(err.message);
+          throw err;
+        }
+      }
+      case 'mesh': {
+        const { meshCommand, MeshUsageError } = await import('./cli-mesh.js');
+        try {
+          const result = await meshCommand(rest, loadConfig().httpPort);
+          (result.exitCode === 3 ? process.stderr : process.stdout).write(`${result.output}\n`);
+          return result.exitCode;
+        } catch (err) {
+          if (err instanceof MeshUsageError) throw new UsageError(err.message);
           throw err;
         }
       }

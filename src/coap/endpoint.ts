@@ -60,6 +60,13 @@ export interface DlmsUplink {
   peer: { address: string; port: number };
 }
 
+/** A further resource served on the mesh endpoint (the resource directory, later others). */
+export interface MeshResource {
+  matches(path: string): boolean;
+  /** Must answer `res`; a throw is reported as an 'error' event and answered 5.00. */
+  handle(req: IncomingMessage, res: OutgoingMessage, path: string, query: string): void;
+}
+
 export type UplinkListener = (uplink: Uplink) => void;
 export type DlmsUplinkListener = (uplink: DlmsUplink) => void;
 export type AnyUplink = Uplink | DlmsUplink;
@@ -110,6 +117,7 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
   private server: Server | undefined;
   private readonly uplinkListeners = new Set<UplinkListener>();
   private readonly dlmsListeners = new Set<DlmsUplinkListener>();
+  private readonly resources = new Set<MeshResource>();
   /** Readings waiting for acceptance, by meter and reading id, so a repeat joins the first. */
   private readonly pending = new Map<string, PendingReading>();
   private boundPort: number | undefined;
@@ -128,6 +136,12 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
   onUplink(listener: UplinkListener): () => void {
     this.uplinkListeners.add(listener);
     return () => this.uplinkListeners.delete(listener);
+  }
+
+  /** Serves a further resource; returns the function that removes it. */
+  addResource(resource: MeshResource): () => void {
+    this.resources.add(resource);
+    return () => this.resources.delete(resource);
   }
 
   /** Adds a consumer of DLMS frames; returns the function that removes it. */
@@ -180,6 +194,17 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
   private handle(req: IncomingMessage, res: OutgoingMessage): void {
     const peer = { address: req.rsinfo.address, port: req.rsinfo.port };
     const [path = '', query = ''] = req.url.split('?');
+    for (const resource of this.resources) {
+      if (!resource.matches(path)) continue;
+      try {
+        resource.handle(req, res, path, query);
+      } catch (err) {
+        this.emit('error', err as Error);
+        res.code = '5.00';
+        res.end();
+      }
+      return;
+    }
     if (path !== READINGS_PATH && path !== DLMS_PATH) {
       this.refuse(res, '4.04', 'NOT_FOUND', `no resource ${path}`, peer);
       return;

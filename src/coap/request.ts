@@ -76,6 +76,7 @@ export async function coapCall(url: string, options: CoapCallOptions): Promise<C
       hostname: target.host,
       port: target.port,
       pathname: target.pathname,
+      ...(target.query !== '' ? { query: target.query } : {}),
       method: options.method,
       confirmable: true,
       agent,

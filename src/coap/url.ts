@@ -3,6 +3,8 @@ export interface CoapTarget {
   host: string;
   port: number;
   pathname: string;
+  /** The query without '?', '' when none: each '&'-separated part is one Uri-Query option. */
+  query: string;
 }
 
 export class CoapUrlError extends Error {
@@ -27,6 +29,7 @@ export function parseCoapUrl(raw: string): CoapTarget {
     host,
     port: url.port === '' ? COAP_DEFAULT_PORT : Number(url.port),
     pathname: url.pathname === '' ? '/' : url.pathname,
+    query: url.search.replace(/^\?/, ''),
   };
 }
 

@@ -125,8 +125,10 @@ describe('HES uplink contract', () => {
 
 describe('coap:// URLs', () => {
   it('parses IPv6 literals, host names and default ports', () => {
-    expect(parseCoapUrl('coap://[::1]:5683')).toEqual({ host: '::1', port: 5683, pathname: '/' });
-    expect(parseCoapUrl('coap://hes.example/base')).toEqual({ host: 'hes.example', port: 5683, pathname: '/base' });
+    expect(parseCoapUrl('coap://[::1]:5683')).toEqual({ host: '::1', port: 5683, pathname: '/', query: '' });
+    expect(parseCoapUrl('coap://hes.example/base')).toEqual({ host: 'hes.example', port: 5683, pathname: '/base', query: '' });
+    // The query travels as Uri-Query options (coapCall used to drop it).
+    expect(parseCoapUrl('coap://[::1]/rd?ep=mtr-1&lt=60')).toEqual({ host: '::1', port: 5683, pathname: '/rd', query: 'ep=mtr-1&lt=60' });
     expect(formatCoapUrl('::1', 7)).toBe('coap://[::1]:7');
     expect(formatCoapUrl('10.0.0.1', 7, '/x')).toBe('coap://10.0.0.1:7/x');
   });

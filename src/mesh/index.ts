@@ -1,0 +1,3 @@
+export * from './linkformat.js';
+export * from './registry.js';
+export * from './rd.js';
