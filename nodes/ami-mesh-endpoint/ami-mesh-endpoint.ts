@@ -11,7 +11,8 @@ import {
 import { formatCoapUrl } from '../../src/coap/url.js';
 import { gatewayHealth } from '../../src/appliance/health.js';
 import { ConfigUsers } from '../shared/config-users.js';
-import { numberProperty, stringProperty } from '../shared/settings-values.js';
+import { NodeConfigError, numberProperty, stringProperty } from '../shared/settings-values.js';
+import { MeshAllowlist } from '../../src/mesh/allowlist.js';
 import { registerHealthRoute } from '../shared/health-route.js';
 import type { MeshEndpointNode, StoreNode } from '../shared/types.js';
 
@@ -23,6 +24,8 @@ interface MeshEndpointDef extends NodeDef {
   /** Optional: with a store, the endpoint is also the resource directory (RFC 9176). */
   store?: string;
   maxMeters?: string;
+  /** Mesh prefixes allowed to reach the endpoint (commas or spaces); empty: every source. */
+  allow?: string;
 }
 
 /** Registrations written at once; beyond this a reconnect storm is told to come back (5.03). */
@@ -71,6 +74,7 @@ export = function register(RED: NodeAPI): void {
     let retryAfterSeconds = DEFAULT_RETRY_AFTER_SECONDS;
     const store = def.store ? (RED.nodes.getNode(def.store) as StoreNode | null) : null;
     let maxMeters = DEFAULT_MAX_METERS;
+    let allowlist: MeshAllowlist | undefined;
     let registry: MeterRegistry | undefined;
     let registryLease: DatabaseLease | undefined;
     let registryOpening: Promise<void> | undefined;
@@ -78,6 +82,11 @@ export = function register(RED: NodeAPI): void {
     registries.set(node.id, { name: node.name ?? '', registry: () => registry });
     try {
       maxMeters = numberProperty('Max meters', def.maxMeters, DEFAULT_MAX_METERS, 1, 1_000_000);
+      try {
+        allowlist = MeshAllowlist.parse(stringProperty(def.allow));
+      } catch (err) {
+        throw new NodeConfigError(`Allowed sources: ${(err as Error).message}`);
+      }
       bind = stringProperty(def.bind, DEFAULT_BIND);
       port = numberProperty('Port', def.port, DEFAULT_PORT, 0, 65535);
       acceptTimeoutMs = numberProperty('Accept timeout', def.acceptTimeout, DEFAULT_ACCEPT_TIMEOUT_MS, 100, 60_000);
@@ -93,10 +102,22 @@ export = function register(RED: NodeAPI): void {
         users.status({ fill: 'red', shape: 'ring', text: RED._('ami-mesh-endpoint.status.misconfigured') });
         return;
       }
-      const mesh = new MeshEndpoint({ bind, port, acceptTimeoutMs, retryAfterSeconds });
+      const list = allowlist;
+      const mesh = new MeshEndpoint({
+        bind,
+        port,
+        acceptTimeoutMs,
+        retryAfterSeconds,
+        ...(list && !list.allowsAll ? { allowSource: (address: string) => list.allows(address) } : {}),
+      });
       endpoint = mesh;
       users.status({ fill: 'yellow', shape: 'ring', text: RED._('ami-mesh-endpoint.status.starting') });
       mesh.on('received', () => gatewayHealth.increment('meshReceived'));
+      // Counted, logged at debug only: a scan from outside must not flood the log.
+      mesh.on('dropped', (peer) => {
+        gatewayHealth.increment('meshDropped');
+        node.debug(`dropped a datagram from [${peer.address}]:${peer.port}: not in the allowed mesh prefixes`);
+      });
       mesh.on('deferred', (_uplink, reason) => {
         gatewayHealth.increment('meshDeferred');
         node.debug(`deferred a reading (5.03): ${reason}`);

@@ -6,8 +6,19 @@ export class NodeConfigError extends Error {
   override readonly name = 'NodeConfigError';
 }
 
+/**
+ * Node-RED leaves `${VAR}` as written when VAR is not set (flows imported into
+ * a plain Node-RED, where the appliance has not set its variables): that means
+ * "not configured", so the default applies.
+ */
+const UNSET_ENV_REFERENCE = /^\$\{[^}\s]+\}$/;
+
+function unset(raw: unknown): boolean {
+  return raw === undefined || raw === null || (typeof raw === 'string' && (raw.trim() === '' || UNSET_ENV_REFERENCE.test(raw.trim())));
+}
+
 export function numberProperty(label: string, raw: unknown, fallback: number, min: number, max: number): number {
-  if (raw === undefined || raw === null || (typeof raw === 'string' && raw.trim() === '')) return fallback;
+  if (unset(raw)) return fallback;
   const text = String(raw).trim();
   if (!/^\d+$/.test(text)) throw new NodeConfigError(`${label} must be a whole number, got "${text}"`);
   const value = Number(text);
@@ -16,7 +27,6 @@ export function numberProperty(label: string, raw: unknown, fallback: number, mi
 }
 
 export function stringProperty(raw: unknown, fallback = ''): string {
-  if (typeof raw !== 'string') return fallback;
-  const text = raw.trim();
-  return text === '' ? fallback : text;
+  if (typeof raw !== 'string' || unset(raw)) return fallback;
+  return raw.trim();
 }

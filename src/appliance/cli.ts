@@ -107,7 +107,7 @@ async function status(args: string[]): Promise<number> {
     const lines = [
       `status        ${health.status}${health.problems.length ? ` (${health.problems.join('; ')})` : ''}`,
       `HES endpoint  ${health.hesEndpoint ?? 'none'}`,
-      `mesh          received ${health.meshReceived}, rejected ${health.meshRejected}, deferred ${health.meshDeferred}`,
+      `mesh          received ${health.meshReceived}, rejected ${health.meshRejected}, deferred ${health.meshDeferred}, dropped ${health.meshDropped ?? 0}`,
       `HES           delivered ${health.hesDelivered}, failed ${health.hesFailed}`,
       `DLMS          decoded ${health.dlmsDecoded ?? 0}, refused ${health.dlmsFailed ?? 0} (MIC failures ${health.micFailures ?? 0}, replays ${health.replaysRefused ?? 0})`,
       `keys          ${health.keys ? `${health.keys.meters} meters, epoch ${health.keys.epoch}, fingerprint ${health.keys.fingerprint.slice(0, 16)}…, out of sync ${health.keys.outOfSync}, last sync ${health.keys.lastSync ?? 'never'}` : 'no keyring'}`,

@@ -1,4 +1,5 @@
 import { existsSync } from 'node:fs';
+import { MeshAllowlist } from '../mesh/allowlist.js';
 import { isIP } from 'node:net';
 import path from 'node:path';
 import { parseCoapUrl } from '../coap/url.js';
@@ -37,6 +38,8 @@ export interface ApplianceConfig {
   simKeySeed: string | undefined;
   /** PEM file with the utility's root CA(s) that sign HES key bundles; the HES simulator's when unset and simulated. */
   keysTrustAnchors: string | undefined;
+  /** Mesh prefixes allowed to reach the mesh endpoint ('' = every source). */
+  allowMesh: string;
   logLevel: LogLevel;
 }
 
@@ -97,6 +100,16 @@ function simProtocol(env: Env): 'dlms' | 'plain' {
   return raw;
 }
 
+function allowMesh(env: Env): string {
+  const raw = nonEmpty(env, 'AMI_ALLOW_MESH') ?? '';
+  try {
+    MeshAllowlist.parse(raw);
+  } catch (err) {
+    throw new ConfigError('AMI_ALLOW_MESH', (err as Error).message);
+  }
+  return raw;
+}
+
 function trustAnchorsFile(env: Env, cwd: string): string | undefined {
   const raw = nonEmpty(env, 'AMI_KEYS_TRUST_ANCHORS');
   if (raw === undefined) return undefined;
@@ -136,6 +149,7 @@ export function loadConfig(env: Env = process.env, cwd: string = process.cwd()):
     simProtocol: simProtocol(env),
     simKeySeed: nonEmpty(env, 'AMI_SIM_KEY_SEED'),
     keysTrustAnchors: trustAnchorsFile(env, cwd),
+    allowMesh: allowMesh(env),
     logLevel: logLevelRaw as LogLevel,
   };
 }

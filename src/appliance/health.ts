@@ -12,6 +12,8 @@ export interface HealthSnapshot {
   meshReceived: number;
   meshRejected: number;
   meshDeferred: number;
+  /** Datagrams from sources outside the allowed mesh prefixes, dropped unanswered. */
+  meshDropped: number;
   hesDelivered: number;
   hesFailed: number;
   dlmsDecoded: number;
@@ -40,6 +42,7 @@ export type Counter =
   | 'meshReceived'
   | 'meshRejected'
   | 'meshDeferred'
+  | 'meshDropped'
   | 'hesDelivered'
   | 'hesFailed'
   | 'dlmsDecoded'
@@ -52,6 +55,7 @@ export class HealthRegistry {
     meshReceived: 0,
     meshRejected: 0,
     meshDeferred: 0,
+    meshDropped: 0,
     hesDelivered: 0,
     hesFailed: 0,
     dlmsDecoded: 0,

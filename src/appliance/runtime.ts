@@ -102,6 +102,7 @@ export async function startAppliance(config: ApplianceConfig): Promise<RunningAp
     process.env.AMI_HES_SECONDARY = config.hesSecondary ?? '';
     process.env.AMI_MESH_PORT = String(config.meshPort);
     process.env.AMI_MESH_BIND = config.meshBind;
+    process.env.AMI_ALLOW_MESH = config.allowMesh;
     process.env.AMI_GATEWAY_ID ??= os.hostname();
 
     const app = express();

@@ -28,6 +28,8 @@ export interface MeshEndpointOptions {
   acceptTimeoutMs: number;
   /** Max-Age sent with 5.03: the meter waits at least this long before retrying. */
   retryAfterSeconds: number;
+  /** Sources allowed to reach the endpoint; others are dropped unanswered. Everyone when absent. */
+  allowSource?: (address: string) => boolean;
 }
 
 /** Longer than the HES uplink needs to try both sites (2 x 5 s): acceptance waits for the HES. */
@@ -90,6 +92,8 @@ export interface MeshEndpointEvents {
   accepted: [uplink: AnyUplink];
   deferred: [uplink: AnyUplink | undefined, reason: string];
   rejected: [reason: MeshRejectReason, message: string, peer: { address: string; port: number }];
+  /** A datagram from a source outside the allowlist, dropped before CoAP parsing. */
+  dropped: [peer: { address: string; port: number }];
   error: [err: Error];
 }
 
@@ -121,6 +125,8 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
   /** Readings waiting for acceptance, by meter and reading id, so a repeat joins the first. */
   private readonly pending = new Map<string, PendingReading>();
   private boundPort: number | undefined;
+  /** Datagrams dropped by the allowlist. */
+  dropped = 0;
   private starting: Promise<void> | undefined;
   private stopped = false;
 
@@ -162,6 +168,23 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
     if (this.server) return;
     this.stopped = false;
     const server = createCoapServer(this.options.bind, { piggybackReplyMs: piggybackWindowMs(this.options.acceptTimeoutMs) });
+    const allowSource = this.options.allowSource;
+    if (allowSource) {
+      // The filter sits in front of the library's datagram handler (installed by listen()), so
+      // a dropped source gets nothing at all: no ACK, no reset, no parsing of its bytes.
+      const handleDatagram = server.handleRequest.bind(server);
+      server.handleRequest = () => {
+        const handle = handleDatagram();
+        return (message, rsinfo) => {
+          if (allowSource(rsinfo.address)) {
+            handle(message, rsinfo);
+            return;
+          }
+          this.dropped += 1;
+          this.emit('dropped', { address: rsinfo.address, port: rsinfo.port });
+        };
+      };
+    }
     server.on('request', (req: IncomingMessage, res: OutgoingMessage) => this.handle(req, res));
     const port = await listenCoapServer(server, this.options.port, this.options.bind);
     if (this.stopped) {

@@ -1,3 +1,4 @@
 export * from './linkformat.js';
 export * from './registry.js';
 export * from './rd.js';
+export * from './allowlist.js';
