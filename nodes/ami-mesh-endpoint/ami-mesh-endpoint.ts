@@ -7,6 +7,7 @@ import {
   DEFAULT_ACCEPT_TIMEOUT_MS,
   DEFAULT_RETRY_AFTER_SECONDS,
   MeshEndpoint,
+  RECEIVE_BUFFER_BYTES,
 } from '../../src/coap/endpoint.js';
 import { formatCoapUrl } from '../../src/coap/url.js';
 import { gatewayHealth } from '../../src/appliance/health.js';
@@ -186,6 +187,13 @@ export = function register(RED: NodeAPI): void {
         () => {
           const where = formatCoapUrl(bind, mesh.port ?? port);
           node.log(RED._('ami-mesh-endpoint.log.listening', { url: where }));
+          const granted = mesh.receiveBufferBytes;
+          // Linux reports twice the buffer it keeps; below half the request, bursts may be dropped.
+          if (granted !== undefined && granted < RECEIVE_BUFFER_BYTES) {
+            node.warn(
+              `the mesh socket's receive buffer is ${Math.round(granted / 1024)} KiB, not the ${RECEIVE_BUFFER_BYTES / 1024} KiB asked for: raise net.core.rmem_max (sysctl) so bursts from many meters are not dropped`,
+            );
+          }
           gatewayHealth.setProblem(healthKey, undefined);
           users.status({ fill: 'green', shape: 'dot', text: where.replace('coap://', '') });
         },

@@ -2,7 +2,7 @@ import { EventEmitter } from 'node:events';
 import { createHash, randomUUID } from 'node:crypto';
 import type { IncomingMessage, OutgoingMessage, Server } from 'coap';
 import { uintOption } from './options.js';
-import { closeQuietly, createCoapServer, listenCoapServer } from './server.js';
+import { closeQuietly, createCoapServer, listenCoapServer, sizeReceiveBuffer } from './server.js';
 import { decodeReading, readingKey, ReadingFormatError, type MeterReading } from './reading.js';
 
 const CONTENT_FORMAT_OCTET_STREAM = 42;
@@ -30,7 +30,12 @@ export interface MeshEndpointOptions {
   retryAfterSeconds: number;
   /** Sources allowed to reach the endpoint; others are dropped unanswered. Everyone when absent. */
   allowSource?: (address: string) => boolean;
+  /** Socket receive buffer to ask for (default RECEIVE_BUFFER_BYTES). */
+  receiveBufferBytes?: number;
 }
+
+/** Enough for a burst of a few thousand uplinks of a few hundred bytes each. */
+export const RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024;
 
 /** Longer than the HES uplink needs to try both sites (2 x 5 s): acceptance waits for the HES. */
 export const DEFAULT_ACCEPT_TIMEOUT_MS = 15_000;
@@ -87,7 +92,7 @@ export function dlmsFrameKey(frame: Uint8Array): string {
 export type MeshRejectReason = ReadingFormatError['code'] | 'NOT_FOUND' | 'METHOD_NOT_ALLOWED' | 'EMPTY_FRAME' | 'REFUSED_BY_FLOW';
 
 export interface MeshEndpointEvents {
-  listening: [address: { address: string; port: number }];
+  listening: [address: { address: string; port: number; receiveBufferBytes?: number }];
   received: [uplink: AnyUplink];
   accepted: [uplink: AnyUplink];
   deferred: [uplink: AnyUplink | undefined, reason: string];
@@ -127,6 +132,8 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
   private boundPort: number | undefined;
   /** Datagrams dropped by the allowlist. */
   dropped = 0;
+  /** The receive buffer the kernel granted (Linux reports twice what it keeps). */
+  receiveBufferBytes: number | undefined;
   private starting: Promise<void> | undefined;
   private stopped = false;
 
@@ -196,7 +203,12 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
     server.on('error', (err: Error) => this.emit('error', err));
     this.server = server;
     this.boundPort = port;
-    this.emit('listening', { address: this.options.bind, port: this.boundPort });
+    this.receiveBufferBytes = sizeReceiveBuffer(server, this.options.receiveBufferBytes ?? RECEIVE_BUFFER_BYTES);
+    this.emit('listening', {
+      address: this.options.bind,
+      port: this.boundPort,
+      ...(this.receiveBufferBytes !== undefined ? { receiveBufferBytes: this.receiveBufferBytes } : {}),
+    });
   }
 
   /** Tells every waiting meter to retry later (5.03), then closes the socket. */

@@ -42,3 +42,25 @@ export function closeQuietly(server: Server): void {
     // The socket never opened; there is nothing more to release.
   }
 }
+
+/**
+ * Asks for a larger receive buffer on the server's socket and returns what
+ * the kernel granted. The default (about 208 KiB on Linux) drops datagrams
+ * when a few hundred meters send at once; Linux caps the request at
+ * net.core.rmem_max (and reports twice what it keeps, for its bookkeeping).
+ */
+export function sizeReceiveBuffer(server: Server, bytes: number): number | undefined {
+  // coap's Server keeps its socket private; this is the one place we reach for it besides the port.
+  const socket = (server as unknown as { _sock?: { setRecvBufferSize(size: number): void; getRecvBufferSize(): number } })._sock;
+  if (!socket) return undefined;
+  try {
+    socket.setRecvBufferSize(bytes);
+  } catch {
+    // EPERM or EINVAL: keep whatever the socket has.
+  }
+  try {
+    return socket.getRecvBufferSize();
+  } catch {
+    return undefined;
+  }
+}

@@ -1,7 +1,8 @@
 import { createSocket } from 'node:dgram';
+import { readFileSync } from 'node:fs';
 import { Agent } from 'coap';
 import { afterEach, describe, expect, it } from 'vitest';
-import { MeshEndpoint, piggybackWindowMs, type Uplink } from '../../src/coap/endpoint.js';
+import { MeshEndpoint, piggybackWindowMs, RECEIVE_BUFFER_BYTES, type Uplink } from '../../src/coap/endpoint.js';
 import { pendingExchangeCount, settleExchange } from '../../src/coap/exchanges.js';
 import { CONTENT_FORMAT, encodeReading, readingKey, type MeterReading } from '../../src/coap/reading.js';
 import { closeAgent, coapCall } from '../../src/coap/request.js';
@@ -124,6 +125,20 @@ describe('MeshEndpoint lifecycle and timing', () => {
       expect((await post(e.port!, reading('v4'), '127.0.0.1', agent)).code).toBe('2.04');
     } finally {
       await closeAgent(agent);
+    }
+  });
+});
+
+describe('MeshEndpoint receive buffer', () => {
+  it('asks the kernel for a 4 MiB receive buffer and reports what it granted', async () => {
+    const endpoint = new MeshEndpoint({ bind: '::1', port: 0, acceptTimeoutMs: 300, retryAfterSeconds: 5 });
+    await endpoint.start();
+    try {
+      // Linux caps the request at net.core.rmem_max and reports twice what it keeps.
+      const rmemMax = Number(readFileSync('/proc/sys/net/core/rmem_max', 'utf8').trim());
+      expect(endpoint.receiveBufferBytes).toBe(2 * Math.min(RECEIVE_BUFFER_BYTES, rmemMax));
+    } finally {
+      await endpoint.stop();
     }
   });
 });
