@@ -12,7 +12,7 @@ import {
   readTrustAnchors,
 } from '../../src/keys/files.js';
 import { Keyring } from '../../src/keys/keyring.js';
-import { acquireDatabase, type DatabaseLease } from '../../src/store/database.js';
+import type { DatabaseLease } from '../../src/store/database.js';
 import { publicKeyFingerprint } from '../../src/keys/bundle.js';
 import { KeyStoreError } from '../../src/keys/keystore.js';
 import { KeySync, KeySyncError, type FingerprintReport, type KeySyncResult } from '../../src/keys/sync.js';
@@ -172,9 +172,8 @@ export = function register(RED: NodeAPI): void {
 
     async function openKeyring(): Promise<OpenKeyring> {
       if (configError !== undefined || !store) throw new Error(configError ?? RED._('ami-keyring.errors.no-store'));
-      // Opens (or shares) the store's database; our lease keeps it open until the keyring has flushed.
-      await store.database();
-      const lease = await acquireDatabase(store.location);
+      // Our own lease keeps the database open until the keyring has flushed.
+      const lease = await store.acquire();
       try {
         return await openOnLease(lease);
       } catch (err) {

@@ -2,7 +2,7 @@ import type { NodeAPI, NodeDef } from 'node-red';
 import type { Request, Response } from 'express';
 import { MeterRegistry } from '../../src/mesh/registry.js';
 import { ResourceDirectory } from '../../src/mesh/rd.js';
-import { acquireDatabase, type DatabaseLease } from '../../src/store/database.js';
+import type { DatabaseLease } from '../../src/store/database.js';
 import {
   DEFAULT_ACCEPT_TIMEOUT_MS,
   DEFAULT_RETRY_AFTER_SECONDS,
@@ -143,8 +143,7 @@ export = function register(RED: NodeAPI): void {
     }
 
     async function openRegistry(storeNode: StoreNode): Promise<void> {
-      await storeNode.database();
-      const lease = await acquireDatabase(storeNode.location);
+      const lease = await storeNode.acquire();
       let opened: MeterRegistry;
       try {
         opened = await MeterRegistry.open(lease.db, { maxMeters });

@@ -1,6 +1,6 @@
 import path from 'node:path';
 import type { NodeAPI, NodeDef } from 'node-red';
-import { acquireDatabase, StoreError, type DatabaseLease } from '../../src/store/database.js';
+import { acquireDatabase, StoreError } from '../../src/store/database.js';
 import { stringProperty } from '../shared/settings-values.js';
 import type { StoreNode } from '../shared/types.js';
 
@@ -9,9 +9,9 @@ interface StoreDef extends NodeDef {
 }
 
 /**
- * The appliance's LevelDB database. The node opens it when a user first asks
- * for it and keeps it open until the node closes (a redeploy), so keys,
- * counters and later the outbox share one handle.
+ * The appliance's LevelDB database. Each user (keyring, mesh registry, later
+ * the outbox) takes a lease; the handle is shared per directory, opened by the
+ * first lease and closed after the last is released.
  */
 export = function register(RED: NodeAPI): void {
   function AmiStore(this: StoreNode, def: StoreDef): void {
@@ -20,32 +20,23 @@ export = function register(RED: NodeAPI): void {
     const userDir = (RED.settings as { userDir?: string }).userDir ?? process.cwd();
     const location = path.resolve(stringProperty(def.path, path.join(userDir, 'ami-store')));
     Object.defineProperty(node, 'location', { value: location, enumerable: true });
-    let leasing: Promise<DatabaseLease> | undefined;
     let closed = false;
 
-    node.database = async () => {
+    node.acquire = async () => {
       if (closed) throw new StoreError('CLOSED', 'the store node is closed');
-      leasing ??= acquireDatabase(location).catch((err: Error) => {
-        leasing = undefined;
+      try {
+        return await acquireDatabase(location);
+      } catch (err) {
         const text = err instanceof StoreError && err.code === 'LOCKED' ? RED._('ami-store.errors.in-use') : RED._('ami-store.errors.open-failed');
-        node.error(`${text}: ${err.message}`);
+        node.error(`${text}: ${(err as Error).message}`);
         throw err;
-      });
-      return (await leasing).db;
+      }
     };
 
-    node.on('close', (done: () => void) => {
+    // Users hold their own leases and release them when they close: the
+    // database stays open until the last of them has flushed its writes.
+    node.on('close', () => {
       closed = true;
-      const pending = leasing;
-      leasing = undefined;
-      if (!pending) {
-        done();
-        return;
-      }
-      pending
-        .then((lease) => lease.release())
-        .catch(() => undefined)
-        .then(done, done);
     });
   }
   RED.nodes.registerType('ami-store', AmiStore);

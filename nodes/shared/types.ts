@@ -23,8 +23,11 @@ export interface HesEndpointNode extends Node {
 
 /** What a keyring's users see of the `ami-store` config node. */
 export interface StoreNode extends Node {
-  /** Opens the database on first use; it stays open until the store node closes. */
-  database(): Promise<import('../../src/store/database.js').GatewayDatabase>;
+  /**
+   * A lease on the store's database for one user, who releases it after its
+   * last write (the handle is shared and closes with the last lease).
+   */
+  acquire(): Promise<import('../../src/store/database.js').DatabaseLease>;
   readonly location: string;
 }
 

@@ -15,7 +15,8 @@ export interface KeysCommandResult {
   output: string;
 }
 
-async function bearerToken(base: string, user: string | undefined): Promise<string | undefined> {
+/** A token for the admin API: AMI_ADMIN_TOKEN, or a login as `user` with AMI_ADMIN_PASSWORD. */
+export async function bearerToken(base: string, user: string | undefined): Promise<string | undefined> {
   if (process.env.AMI_ADMIN_TOKEN) return process.env.AMI_ADMIN_TOKEN;
   if (!user) return undefined;
   const password = process.env.AMI_ADMIN_PASSWORD;

@@ -1,4 +1,5 @@
 import { parseArgs } from 'node:util';
+import { bearerToken, KeysUsageError } from './cli-keys.js';
 
 /**
  * `ami-gateway mesh meters|topology`: the running gateway's meter registry
@@ -27,11 +28,11 @@ interface MeterRow {
 export async function meshCommand(args: string[], httpPort: number): Promise<{ exitCode: number; output: string }> {
   const [action, ...rest] = args;
   if (action !== 'meters' && action !== 'topology') throw new MeshUsageError(`unknown mesh command "${action ?? ''}": expected meters or topology`);
-  const { values } = parseArgs({ args: rest, options: { json: { type: 'boolean' }, url: { type: 'string' } }, strict: true });
+  const { values } = parseArgs({ args: rest, options: { json: { type: 'boolean' }, url: { type: 'string' }, user: { type: 'string' } }, strict: true });
   const base = (values.url ?? `http://127.0.0.1:${httpPort}`).replace(/\/+$/, '');
   let body: { endpoints?: Array<{ name: string; registry: boolean; meters: MeterRow[] }> };
   try {
-    const token = process.env.AMI_ADMIN_TOKEN;
+    const token = await bearerToken(base, values.user);
     const response = await fetch(`${base}/ami/mesh/meters`, {
       headers: { accept: 'application/json', ...(token ? { authorization: `Bearer ${token}` } : {}) },
       signal: AbortSignal.timeout(10_000),
@@ -39,6 +40,7 @@ export async function meshCommand(args: string[], httpPort: number): Promise<{ e
     if (!response.ok) return { exitCode: 3, output: `ami-gateway: ${base} answered HTTP ${response.status}` };
     body = (await response.json()) as typeof body;
   } catch (err) {
+    if (err instanceof KeysUsageError) throw new MeshUsageError(err.message);
     return { exitCode: 3, output: `ami-gateway: cannot reach ${base}: ${(err as Error).message}` };
   }
   if (!Array.isArray(body.endpoints)) return { exitCode: 3, output: 'ami-gateway: the reply is not a meter list' };

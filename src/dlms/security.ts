@@ -1,5 +1,6 @@
 import { createCipheriv, createDecipheriv } from 'node:crypto';
 import { DlmsError } from './errors.js';
+import { encodeLength } from './axdr.js';
 
 /**
  * DLMS/COSEM security suite 0: AES-128-GCM with a 12-byte authentication tag,
@@ -250,19 +251,6 @@ function readLength(bytes: Uint8Array, offset: number): { value: number; next: n
   return { value, next: offset + 1 + count };
 }
 
-function encodeLength(length: number): Buffer {
-  if (length < 0x80) return Buffer.from([length]);
-  if (length <= 0xff) return Buffer.from([0x81, length]);
-  if (length <= 0xffff) return Buffer.from([0x82, length >> 8, length & 0xff]);
-  if (length <= 0xff_ffff) return Buffer.from([0x83, length >> 16, (length >> 8) & 0xff, length & 0xff]);
-  if (length <= MAX_INVOCATION_COUNTER) {
-    const out = Buffer.alloc(5);
-    out[0] = 0x84;
-    out.writeUInt32BE(length, 1);
-    return out;
-  }
-  throw new DlmsError('BAD_LENGTH', 'a ciphered APDU longer than 2^32-1 bytes cannot be encoded');
-}
 
 // ---------------------------------------------------------------------------
 // Parsing

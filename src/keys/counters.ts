@@ -1,7 +1,7 @@
+import { MAX_INVOCATION_COUNTER } from '../dlms/security.js';
 import { openSublevel, type GatewayDatabase, type GatewaySublevel } from '../store/database.js';
 import { writeBatch, type BatchOperation } from '../store/group-commit.js';
 
-const MAX_INVOCATION_COUNTER = 0xffff_ffff;
 
 function encodeCounter(value: number): Buffer {
   const bytes = Buffer.alloc(4);

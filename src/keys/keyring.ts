@@ -14,7 +14,6 @@ import type { GatewayDatabase } from '../store/database.js';
 import { GroupCommitter } from '../store/group-commit.js';
 import { MicFailureTracker, OutgoingCounter, ReplayGuard } from './counters.js';
 import { KeyStore, normaliseSystemTitle, type KeyStoreSummary, type StoredMeterKeys } from './keystore.js';
-import { keyStoreFingerprint } from './bundle.js';
 
 /**
  * The gateway's DLMS security context: the key store, replay protection for
@@ -344,7 +343,7 @@ export class Keyring extends EventEmitter<KeyringEvents> {
   status(): KeyStoreSummary & { fingerprint: string; outOfSync: string[]; counters: KeyringCounters } {
     return {
       ...this.keys.summary(),
-      fingerprint: keyStoreFingerprint([...this.keys.all()]),
+      fingerprint: this.keys.fingerprint(),
       outOfSync: this.mic.outOfSync(),
       counters: { ...this.counters },
     };

@@ -3,7 +3,7 @@ import { EventEmitter } from 'node:events';
 import { cborDecode, cborEncode } from '../coap/cbor.js';
 import { openSublevel, type GatewayDatabase, type GatewaySublevel } from '../store/database.js';
 import type { GroupCommitter } from '../store/group-commit.js';
-import type { MeterKeys } from './bundle.js';
+import { keyStoreFingerprint, type MeterKeys } from './bundle.js';
 
 /**
  * Per-meter DLMS keys, persisted in the `keys` sublevel encrypted at rest
@@ -93,6 +93,8 @@ export interface KeyStoreEvents {
 export class KeyStore extends EventEmitter<KeyStoreEvents> {
   private readonly entries = new Map<string, StoredMeterKeys>();
   private readonly byMeterName = new Map<string, string>();
+  /** Hashes every meter's keys: computed once per change, not per health request. */
+  private fingerprintCache: string | undefined;
 
   private constructor(
     private readonly db: GatewayDatabase,
@@ -169,9 +171,10 @@ export class KeyStore extends EventEmitter<KeyStoreEvents> {
     return this.byMeterName.get(meter);
   }
 
-  /** Every entry, for the fingerprint and for status; callers must not expose the keys. */
-  all(): IterableIterator<StoredMeterKeys> {
-    return this.entries.values();
+  /** The fingerprint HES sites are compared with (docs/key-bundles.md). */
+  fingerprint(): string {
+    this.fingerprintCache ??= keyStoreFingerprint([...this.entries.values()]);
+    return this.fingerprintCache;
   }
 
   summary(): KeyStoreSummary {
@@ -296,6 +299,7 @@ export class KeyStore extends EventEmitter<KeyStoreEvents> {
     if (this.committer) await this.committer.write(operations);
     else await this.db.batch(operations, { sync: true });
     // Memory follows the disk: only what is written is used.
+    this.fingerprintCache = undefined;
     for (const key of deletions) {
       const old = this.entries.get(key);
       this.entries.delete(key);

@@ -6,6 +6,7 @@ import { obisFromString } from '../dlms/obis.js';
 import { unitCode } from '../dlms/profile.js';
 import { decryptApdu, encryptApdu, isCipheredApdu, parseCipheredApdu } from '../dlms/security.js';
 import type { MeterKeySet } from '../keys/keystore.js';
+import { DEFAULT_SECURITY_SETUP, GLOBAL_KEY_ID, GLOBAL_KEY_TRANSFER_METHOD_ID, SECURITY_SETUP_CLASS_ID } from '../keys/rotation.js';
 
 /**
  * A meter's DLMS/COSEM application layer, as far as the simulators need it:
@@ -22,13 +23,6 @@ export interface ProfileReading {
   scaler?: number;
   unit?: string;
 }
-
-/** Security setup (class 64) of the management association. */
-export const SECURITY_SETUP_OBIS = '0.0.43.0.0.255';
-export const SECURITY_SETUP_CLASS = 64;
-export const GLOBAL_KEY_TRANSFER_METHOD = 2;
-/** key_id values of global_key_transfer (Blue Book, class 64). */
-export const KEY_ID = { unicastEncryption: 0, broadcastEncryption: 1, authentication: 2, kek: 3 } as const;
 
 export interface CosemMeterOptions {
   /** The invocation counter the meter starts from (it survives a reboot in a real meter). */
@@ -166,7 +160,7 @@ export class SimulatedCosemMeter {
   private action(request: ActionRequestApdu): XdlmsApdu {
     const { classId, instanceId, methodId } = request.cosemMethodDescriptor;
     const answer = (result: number): XdlmsApdu => ({ type: 'action-response', invokeIdAndPriority: request.invokeIdAndPriority, result });
-    if (classId !== SECURITY_SETUP_CLASS || instanceId !== SECURITY_SETUP_OBIS || methodId !== GLOBAL_KEY_TRANSFER_METHOD) {
+    if (classId !== SECURITY_SETUP_CLASS_ID || instanceId !== DEFAULT_SECURITY_SETUP || methodId !== GLOBAL_KEY_TRANSFER_METHOD_ID) {
       return answer(11 /* object-unavailable */);
     }
     const parameters = request.parameters;
@@ -183,9 +177,9 @@ export class SimulatedCosemMeter {
         return answer(3 /* read-write-denied: the wrapped key does not unwrap under our KEK */);
       }
       if (key.length !== 16) return answer(250);
-      if (keyId.value === KEY_ID.unicastEncryption) next.ek = key;
-      else if (keyId.value === KEY_ID.authentication) next.ak = key;
-      else if (keyId.value === KEY_ID.kek) next.kek = key;
+      if (keyId.value === GLOBAL_KEY_ID.unicastEncryption) next.ek = key;
+      else if (keyId.value === GLOBAL_KEY_ID.authentication) next.ak = key;
+      else if (keyId.value === GLOBAL_KEY_ID.kek) next.kek = key;
       else return answer(250 /* other-reason: the broadcast key is not simulated */);
     }
     next.epoch = this.keys.epoch + 1;
