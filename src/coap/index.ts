@@ -6,3 +6,4 @@ export * from './endpoint.js';
 export * from './request.js';
 export * from './options.js';
 export * from './server.js';
+export * from './client/index.js';
