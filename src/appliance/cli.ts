@@ -1,4 +1,5 @@
 import { parseArgs } from 'node:util';
+import { isIP } from 'node:net';
 import path from 'node:path';
 import { ConfigError, loadConfig, parseInteger } from './config.js';
 import { packageVersion } from './package-info.js';
@@ -22,8 +23,12 @@ Usage:
                                             run a HES simulator (with key management for N simulated meters;
                                             --trust-anchor-out writes the root CA the gateway must trust)
   ami-gateway sim meters --count N --gateway coap://[::1]:5683 [--interval SECONDS] [--prefix NAME] [--record FILE]
-                    [--protocol dlms|plain] [--key-seed SEED]
-                                            run a simulated meter fleet (ciphered DLMS frames by default)
+                    [--protocol dlms|plain] [--key-seed SEED] [--lifetime SECONDS] [--no-register] [--no-serve]
+                    [--bind ADDR]
+                                            run a simulated meter fleet (ciphered DLMS frames by default); each
+                                            meter registers with the gateway's resource directory (lifetime 3600 s
+                                            by default) before it reports, and serves /status (observable), /lp,
+                                            /fw and /relay over CoAP on its own port (bound to ADDR)
   ami-gateway dlms decode --hex FRAME [--ek HEX --ak HEX] [--system-title HEX] [--json]
                                             decode (and decrypt) a captured DLMS/COSEM frame, offline
   ami-gateway keys status [--json]          key store of the running gateway: meters, epoch, fingerprints
@@ -187,6 +192,11 @@ async function simMeters(args: string[]): Promise<void> {
       record: { type: 'string' },
       protocol: { type: 'string' },
       'key-seed': { type: 'string' },
+      lifetime: { type: 'string' },
+      // Node 20's parseArgs has no negated booleans: the --no- forms are options of their own.
+      'no-register': { type: 'boolean' },
+      'no-serve': { type: 'boolean' },
+      bind: { type: 'string' },
     },
     strict: true,
   });
@@ -198,6 +208,7 @@ async function simMeters(args: string[]): Promise<void> {
   } catch (err) {
     throw new UsageError(`--gateway: ${(err as Error).message}`);
   }
+  if (values.bind !== undefined && isIP(values.bind) === 0) throw new UsageError(`--bind must be an IP address, got "${values.bind}"`);
   const { MeterFleet } = await import('../sim/meters.js');
   const fleet = new MeterFleet({
     count: positiveInteger('--count', values.count),
@@ -209,6 +220,10 @@ async function simMeters(args: string[]): Promise<void> {
     summaryEverySeconds: 10,
     protocol,
     ...(values['key-seed'] ? { keySeed: values['key-seed'] } : {}),
+    register: values['no-register'] !== true,
+    serve: values['no-serve'] !== true,
+    lifetimeSeconds: positiveInteger('--lifetime', values.lifetime, 3600, 60, 0xffff_ffff),
+    ...(values.bind !== undefined ? { bind: values.bind } : {}),
   });
   await fleet.start();
   stopOnSignal('the meter fleet', () => fleet.stop());

@@ -150,6 +150,10 @@ export async function startAppliance(config: ApplianceConfig): Promise<RunningAp
         intervalMs: config.simIntervalSeconds * 1000,
         protocol: config.simProtocol,
         ...(config.simKeySeed ? { keySeed: config.simKeySeed } : {}),
+        // Like real meters, they join the gateway's resource directory first (so `ami-gateway mesh meters`
+        // lists them) and serve their own resources.
+        register: true,
+        serve: true,
         log: log.component('sim-meters'),
         summaryEverySeconds: 10,
       });

@@ -1,4 +1,6 @@
 export * from './hes.js';
 export * from './meters.js';
+export * from './mesh-meter.js';
+export * from './meter-server.js';
 export * from './recorder.js';
 export type { SimLog } from './log.js';

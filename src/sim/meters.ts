@@ -1,16 +1,30 @@
+import { createSocket, type Socket } from 'node:dgram';
 import { setMaxListeners } from 'node:events';
+import { isIP } from 'node:net';
 import * as coap from 'coap';
 import type { Agent } from 'coap';
-import { closeAgent, coapCall, CoapRequestError } from '../coap/request.js';
+import { coapCall, CoapRequestError } from '../coap/request.js';
 import { CONTENT_FORMAT, encodeReading, readingKey, type MeterReading } from '../coap/reading.js';
 import { DLMS_PATH, READINGS_PATH } from '../coap/endpoint.js';
 import { dlmsRecordKey } from '../hes/records.js';
 import { SimulatedCosemMeter } from './cosem-meter.js';
 import { parseCipheredApdu } from '../dlms/security.js';
 import { DEFAULT_SIM_KEY_SEED, simMeterKeys } from './meter-keys.js';
-import { parseCoapUrl } from '../coap/url.js';
+import { formatCoapUrl, parseCoapUrl } from '../coap/url.js';
+import { MAX_LIFETIME_SECONDS, MIN_LIFETIME_SECONDS } from '../mesh/registry.js';
 import { JsonLinesRecorder } from './recorder.js';
 import type { SimLog } from './log.js';
+import {
+  DEFAULT_SIM_LIFETIME_SECONDS,
+  DEFAULT_REFRESH_AT,
+  jitter,
+  MeterRegistrar,
+  meterRadioProfile,
+  type RegistrarContext,
+  type RegistrationEvent,
+  type RegistrationStats,
+} from './mesh-meter.js';
+import { METER_LINKS, MeterCoapServer } from './meter-server.js';
 
 export interface MeterFleetOptions {
   count: number;
@@ -33,9 +47,30 @@ export interface MeterFleetOptions {
    */
   protocol?: 'plain' | 'dlms';
   keySeed?: string;
+  /** Generate and push readings (default true); false: the meters only register and serve. */
+  readings?: boolean;
+  /**
+   * Register with the gateway's resource directory (RFC 9176) and keep the
+   * registration fresh; readings wait until the meter is registered, as a
+   * real meter joins before it reports. Default false (`sim meters` and the
+   * appliance turn it on).
+   */
+  register?: boolean;
+  /** Registration lifetime (`lt`), 60..2^32-1 seconds; default 3600. */
+  lifetimeSeconds?: number;
+  /** Fractions of the lifetime between which a refresh is due; default [0.75, 0.9]. */
+  refreshAt?: readonly [number, number];
+  /** Serve /status (observable), /lp (Block2), /fw (Block1), /relay on each meter's socket. Default false. */
+  serve?: boolean;
+  /** Address the meters' sockets bind to; by default loopback of the gateway's family when the gateway is on loopback, else any. */
+  bind?: string;
+  /** Milliseconds between periodic /status notifications; default 30 000. */
+  statusIntervalMs?: number;
+  /** First readings and registrations are spread over this many ms; default min(intervalMs, 2000). 0: all at once. */
+  startSpreadMs?: number;
 }
 
-export interface MeterFleetStats {
+export interface MeterFleetStats extends RegistrationStats {
   generated: number;
   acknowledged: number;
   deferred: number;
@@ -44,12 +79,45 @@ export interface MeterFleetStats {
   droppedOldest: number;
 }
 
+/** One simulated meter as seen from outside: where it is and whether it is registered. */
+export interface SimMeterInfo {
+  name: string;
+  address: { address: string; port: number };
+  /** Its CoAP server (coap://[addr]:port), when serving. */
+  base: string | undefined;
+  registered: boolean;
+  /** The registration's Location at the gateway, e.g. /rd/Ab3x. */
+  location: string | undefined;
+  server: MeterCoapServer | undefined;
+}
+
 const MAX_BACKOFF_MS = 60_000;
 const CONTENT_FORMAT_OCTET_STREAM = 42;
 const REQUEST_TIMEOUT_MS = 30_000;
+const DEFAULT_STATUS_INTERVAL_MS = 30_000;
 
-function jitter(ms: number, spread = 0.5): number {
-  return Math.round(ms * (1 + Math.random() * spread));
+/** Where meters bind when not told: next to a gateway on loopback, else on every address of its family. */
+export function defaultMeterBind(gatewayHost: string): string {
+  const family = isIP(gatewayHost);
+  if (family === 6) return gatewayHost === '::1' ? '::1' : '::';
+  if (family === 4) return gatewayHost.startsWith('127.') ? '127.0.0.1' : '0.0.0.0';
+  // A host name: IPv4 unless it looks like an IPv6 literal, as the agents have always done.
+  return gatewayHost.includes(':') ? '::' : '0.0.0.0';
+}
+
+function isUnspecified(address: string): boolean {
+  return address === '::' || address === '0.0.0.0';
+}
+
+function bindSocket(bind: string): Promise<Socket> {
+  const socket = createSocket({ type: isIP(bind) === 6 ? 'udp6' : 'udp4' });
+  return new Promise((resolve, reject) => {
+    socket.once('error', reject);
+    socket.bind(0, bind, () => {
+      socket.off('error', reject);
+      resolve(socket);
+    });
+  });
 }
 
 class SimulatedMeter {
@@ -63,12 +131,21 @@ class SimulatedMeter {
   /** The frame each DLMS reading went out as: a retry resends the same bytes, so the gateway sees a repeat, not a new record. */
   private readonly frames = new WeakMap<MeterReading, { frame: Buffer; key: string }>();
 
+  registrar: MeterRegistrar | undefined;
+  server: MeterCoapServer | undefined;
+
   constructor(
     readonly name: string,
+    /** The meter's one UDP socket: its requests leave from it and its server answers on it. */
+    readonly socket: Socket,
     readonly agent: Agent,
     private readonly bootId: string,
     readonly cosem?: SimulatedCosemMeter,
   ) {}
+
+  get energyRegisterWh(): number {
+    return this.energyWh;
+  }
 
   /** The DLMS frame for a reading, sealed at its first attempt. */
   frameFor(reading: MeterReading): { frame: Buffer; key: string } {
@@ -137,26 +214,80 @@ class SimulatedMeter {
  * own UDP socket as real meters would. A meter sends one reading at a time,
  * keeps unacknowledged readings and honours Max-Age (with jitter) when the
  * gateway answers 5.03, so nothing it recorded as acknowledged is lost.
+ * With `register` each meter first joins the gateway's resource directory
+ * (see mesh-meter.ts); with `serve` it answers CoAP requests on the same
+ * socket (see meter-server.ts).
  */
 export class MeterFleet {
-  private readonly meters: SimulatedMeter[] = [];
+  private readonly meterList: SimulatedMeter[] = [];
   private recorder: JsonLinesRecorder | undefined;
   private readonly timers = new Set<NodeJS.Timeout>();
   private readonly inFlight = new Set<Promise<void>>();
   private stopped = false;
   private readonly abort = new AbortController();
-  readonly stats: MeterFleetStats = { generated: 0, acknowledged: 0, deferred: 0, failed: 0, refused: 0, droppedOldest: 0 };
+  readonly stats: MeterFleetStats = {
+    generated: 0,
+    acknowledged: 0,
+    deferred: 0,
+    failed: 0,
+    refused: 0,
+    droppedOldest: 0,
+    registered: 0,
+    registrationDeferred: 0,
+    registrationRetries: 0,
+    registrationFailed: 0,
+  };
   private readonly ackListeners = new Set<(reading: MeterReading) => void>();
+  private readonly registrationListeners = new Set<(event: RegistrationEvent) => void>();
+  private readonly warnedAbout = new Set<string>();
+  private readonly bind: string;
+  private readonly lifetimeSeconds: number;
+  private readonly refreshAt: readonly [number, number];
 
   constructor(readonly options: MeterFleetOptions) {
     // Every request of every meter listens on the fleet's abort signal (to stop them all at once).
     setMaxListeners(0, this.abort.signal);
-    parseCoapUrl(options.gateway);
+    const target = parseCoapUrl(options.gateway);
+    this.bind = options.bind ?? defaultMeterBind(target.host);
+    if (isIP(this.bind) === 0) throw new Error(`bind must be an IP address, got "${this.bind}"`);
+    this.lifetimeSeconds = options.lifetimeSeconds ?? DEFAULT_SIM_LIFETIME_SECONDS;
+    if (!Number.isInteger(this.lifetimeSeconds) || this.lifetimeSeconds < MIN_LIFETIME_SECONDS || this.lifetimeSeconds > MAX_LIFETIME_SECONDS) {
+      throw new Error(`lifetimeSeconds must be an integer from ${MIN_LIFETIME_SECONDS} to ${MAX_LIFETIME_SECONDS}`);
+    }
+    this.refreshAt = options.refreshAt ?? DEFAULT_REFRESH_AT;
+    const [from, to] = this.refreshAt;
+    if (!(from > 0 && from <= to && to < 1)) throw new Error('refreshAt must be two fractions 0 < from <= to < 1');
   }
 
   onAcknowledged(listener: (reading: MeterReading) => void): () => void {
     this.ackListeners.add(listener);
     return () => this.ackListeners.delete(listener);
+  }
+
+  /** Registration attempts and their outcomes, as they happen. */
+  onRegistration(listener: (event: RegistrationEvent) => void): () => void {
+    this.registrationListeners.add(listener);
+    return () => this.registrationListeners.delete(listener);
+  }
+
+  meters(): SimMeterInfo[] {
+    return this.meterList.map((meter) => {
+      const address = meter.socket.address();
+      return {
+        name: meter.name,
+        address: { address: address.address, port: address.port },
+        base: meter.server ? this.baseOf(meter.socket) : undefined,
+        registered: meter.registrar?.registered ?? false,
+        location: meter.registrar?.location,
+        server: meter.server,
+      };
+    });
+  }
+
+  private baseOf(socket: Socket): string | undefined {
+    const address = socket.address();
+    // Bound to every address, the meter cannot name one: the gateway then uses the source address (RFC 9176 section 5).
+    return isUnspecified(address.address) ? undefined : formatCoapUrl(address.address, address.port);
   }
 
   async start(): Promise<void> {
@@ -165,29 +296,73 @@ export class MeterFleet {
       await this.recorder.open();
     }
     const target = parseCoapUrl(this.options.gateway);
-    const type = target.host.includes(':') ? 'udp6' : 'udp4';
     const bootId = Date.now().toString(36);
     const prefix = this.options.prefix ?? 'mtr-';
-    for (let i = 1; i <= this.options.count; i++) {
-      const name = `${prefix}${String(i).padStart(6, '0')}`;
+    const names = Array.from({ length: this.options.count }, (_, i) => `${prefix}${String(i + 1).padStart(6, '0')}`);
+    const opened = await Promise.allSettled(names.map(() => bindSocket(this.bind)));
+    const failure = opened.find((result) => result.status === 'rejected');
+    if (failure) {
+      for (const result of opened) if (result.status === 'fulfilled') result.value.close();
+      await this.recorder?.close();
+      throw (failure as PromiseRejectedResult).reason;
+    }
+    const context: RegistrarContext = {
+      gateway: target,
+      lifetimeSeconds: this.lifetimeSeconds,
+      refreshAt: this.refreshAt,
+      timeoutMs: REQUEST_TIMEOUT_MS,
+      signal: this.abort.signal,
+      stats: this.stats,
+      later: (delayMs, action) => this.later(delayMs, action),
+      track: (work) => this.track(work),
+      emit: (event) => {
+        for (const listener of this.registrationListeners) listener(event);
+      },
+      warnOnce: (topic, message) => {
+        if (this.warnedAbout.has(topic)) return;
+        this.warnedAbout.add(topic);
+        this.options.log?.warn(message);
+      },
+    };
+    for (const [i, name] of names.entries()) {
+      const socket = (opened[i] as PromiseFulfilledResult<Socket>).value;
+      // The socket's owner: a socket error must not end the process; requests on it time out and are retried.
+      socket.on('error', () => undefined);
       const cosem =
         this.options.protocol === 'dlms' ? new SimulatedCosemMeter(simMeterKeys(this.options.keySeed ?? DEFAULT_SIM_KEY_SEED, name, 1), { invocationCounter: Math.floor(Date.now() / 1000) }) : undefined;
-      this.meters.push(new SimulatedMeter(name, new coap.Agent({ type }), bootId, cosem));
+      const agent = new coap.Agent({ socket });
+      agent.on('error', () => undefined);
+      const meter = new SimulatedMeter(name, socket, agent, bootId, cosem);
+      if (this.options.serve) {
+        const server = new MeterCoapServer({ name, energyWh: () => meter.energyRegisterWh, statusIntervalMs: this.options.statusIntervalMs ?? DEFAULT_STATUS_INTERVAL_MS });
+        await server.listen(socket);
+        meter.server = server;
+      }
+      if (this.options.register) {
+        const registrar = new MeterRegistrar(name, agent, context, meterRadioProfile(name), meter.server ? this.baseOf(socket) : undefined, meter.server ? METER_LINKS : []);
+        registrar.onRegistered = () => this.pump(meter);
+        meter.registrar = registrar;
+      }
+      this.meterList.push(meter);
     }
-    for (const meter of this.meters) {
-      // Spread the fleet's first readings over the first two seconds (or the interval, if shorter).
-      this.every(meter, Math.random() * Math.min(this.options.intervalMs, 2000));
+    const spreadMs = this.options.startSpreadMs ?? Math.min(this.options.intervalMs, 2000);
+    for (const meter of this.meterList) {
+      // Spread the fleet's first readings and registrations (unless told to start all at once, as after an outage).
+      meter.registrar?.start(Math.random() * spreadMs);
+      if (this.options.readings !== false) this.every(meter, Math.random() * spreadMs);
     }
-    this.options.log?.info(
-      `sim-meters: ${this.options.count} meters posting ${this.options.protocol === 'dlms' ? 'ciphered DLMS frames' : 'readings'} to ${this.options.gateway}${this.options.protocol === 'dlms' ? DLMS_PATH : READINGS_PATH} every ${this.options.intervalMs / 1000}s`,
-    );
+    const what = this.options.readings === false ? 'no readings' : `${this.options.protocol === 'dlms' ? 'ciphered DLMS frames' : 'readings'} to ${this.options.gateway}${this.options.protocol === 'dlms' ? DLMS_PATH : READINGS_PATH} every ${this.options.intervalMs / 1000}s`;
+    const joining = this.options.register ? `, registering (lt=${this.lifetimeSeconds}s) with ${this.options.gateway}/rd first` : '';
+    const serving = this.options.serve ? `, each serving /status /lp /fw /relay on its own port (${this.bind})` : '';
+    this.options.log?.info(`sim-meters: ${this.options.count} meters posting ${what}${joining}${serving}`);
     const summaryEvery = this.options.summaryEverySeconds ?? 0;
     if (summaryEvery > 0) {
       let last = 0;
       const timer = setInterval(() => {
         const s = this.stats;
         this.options.log?.info(
-          `sim-meters: ${s.acknowledged - last} readings acknowledged in ${summaryEvery}s (total ${s.acknowledged}, deferred ${s.deferred}, failed ${s.failed}, backlog ${this.backlog()})`,
+          `sim-meters: ${s.acknowledged - last} readings acknowledged in ${summaryEvery}s (total ${s.acknowledged}, deferred ${s.deferred}, failed ${s.failed}, backlog ${this.backlog()})` +
+            (this.options.register ? `; registered ${s.registered}/${this.meterList.length} (deferred ${s.registrationDeferred}, retries ${s.registrationRetries}, failed ${s.registrationFailed})` : ''),
         );
         last = s.acknowledged;
       }, summaryEvery * 1000);
@@ -198,7 +373,7 @@ export class MeterFleet {
 
   /** Readings generated and not yet acknowledged, across the fleet. */
   backlog(): number {
-    return this.meters.reduce((sum, meter) => sum + meter.backlog.length, 0);
+    return this.meterList.reduce((sum, meter) => sum + meter.backlog.length, 0);
   }
 
   async stop(): Promise<void> {
@@ -207,8 +382,18 @@ export class MeterFleet {
     this.timers.clear();
     this.abort.abort();
     await Promise.allSettled([...this.inFlight]);
-    await Promise.all(this.meters.map((meter) => closeAgent(meter.agent)));
+    for (const meter of this.meterList) {
+      // Server first (ends observations, stops its retransmissions), then the agent, then the socket they share.
+      meter.server?.close();
+      meter.agent.close();
+      meter.socket.close();
+    }
     await this.recorder?.close();
+  }
+
+  private track(work: Promise<void>): void {
+    const tracked = work.catch(() => undefined).finally(() => this.inFlight.delete(tracked));
+    this.inFlight.add(tracked);
   }
 
   private every(meter: SimulatedMeter, delayMs: number): void {
@@ -221,6 +406,8 @@ export class MeterFleet {
         meter.backlog.splice(1, 1);
         this.stats.droppedOldest++;
       }
+      // The register moved: observers of /status hear of it.
+      meter.server?.notify();
       this.pump(meter);
       this.every(meter, jitter(this.options.intervalMs, 0.1));
     });
@@ -238,6 +425,8 @@ export class MeterFleet {
   private pump(meter: SimulatedMeter): void {
     const now = Date.now();
     if (this.stopped || !meter.canSend(now)) return;
+    // A meter that registers reports only once it has joined.
+    if (meter.registrar && !meter.registrar.registered) return;
     const reading = meter.begin();
     const attempt = this.send(meter, reading).finally(() => this.inFlight.delete(attempt));
     this.inFlight.add(attempt);
