@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import type { NodeAPI, NodeDef } from 'node-red';
 import type { Request, Response } from 'express';
 import { MeterRegistry } from '../../src/mesh/registry.js';
@@ -10,6 +11,7 @@ import {
   RECEIVE_BUFFER_BYTES,
 } from '../../src/coap/endpoint.js';
 import { formatCoapUrl } from '../../src/coap/url.js';
+import { explainListenError } from '../../src/coap/server.js';
 import { gatewayHealth } from '../../src/appliance/health.js';
 import { ConfigUsers } from '../shared/config-users.js';
 import { NodeConfigError, numberProperty, stringProperty } from '../shared/settings-values.js';
@@ -27,6 +29,12 @@ interface MeshEndpointDef extends NodeDef {
   maxMeters?: string;
   /** Mesh prefixes allowed to reach the endpoint (commas or spaces); empty: every source. */
   allow?: string;
+  /**
+   * Serve data requests only to sources a registered meter has (the resource
+   * directory stays open). A checkbox (boolean), or "true"/"false" from an
+   * environment reference such as ${AMI_MESH_REGISTERED_ONLY}.
+   */
+  registeredOnly?: boolean | string;
 }
 
 /** Registrations written at once; beyond this a reconnect storm is told to come back (5.03). */
@@ -50,6 +58,29 @@ function registerMeshRoutes(RED: NodeAPI): void {
     });
     res.json({ endpoints });
   });
+}
+
+/** A checkbox's value, or "true"/"false" from the environment; unset (or an unset ${VAR}) is `fallback`. */
+function booleanProperty(label: string, raw: unknown, fallback: boolean): boolean {
+  if (typeof raw === 'boolean') return raw;
+  const text = stringProperty(raw).toLowerCase();
+  if (text === '') return fallback;
+  if (text === 'true') return true;
+  if (text === 'false') return false;
+  throw new NodeConfigError(`${label} must be true or false, got "${text}"`);
+}
+
+/**
+ * True when the kernel makes IPv6 sockets IPv6-only by default
+ * (net.ipv6.bindv6only = 1): bound to ::, the endpoint then does not hear
+ * IPv4 meters.
+ */
+function ipv6OnlyByDefault(): boolean {
+  try {
+    return readFileSync('/proc/sys/net/ipv6/bindv6only', 'utf8').trim() === '1';
+  } catch {
+    return false;
+  }
 }
 
 const DEFAULT_BIND = '::1';
@@ -76,6 +107,7 @@ export = function register(RED: NodeAPI): void {
     const store = def.store ? (RED.nodes.getNode(def.store) as StoreNode | null) : null;
     let maxMeters = DEFAULT_MAX_METERS;
     let allowlist: MeshAllowlist | undefined;
+    let registeredOnly = false;
     let registry: MeterRegistry | undefined;
     let registryLease: DatabaseLease | undefined;
     let registryOpening: Promise<void> | undefined;
@@ -88,6 +120,9 @@ export = function register(RED: NodeAPI): void {
       } catch (err) {
         throw new NodeConfigError(`Allowed sources: ${(err as Error).message}`);
       }
+      registeredOnly = booleanProperty('Registered meters only', def.registeredOnly, false);
+      // Without a registry no meter could ever count as registered: every reading would be dropped.
+      if (registeredOnly && !store) throw new NodeConfigError(RED._('ami-mesh-endpoint.errors.registered-only-needs-store'));
       bind = stringProperty(def.bind, DEFAULT_BIND);
       port = numberProperty('Port', def.port, DEFAULT_PORT, 0, 65535);
       acceptTimeoutMs = numberProperty('Accept timeout', def.acceptTimeout, DEFAULT_ACCEPT_TIMEOUT_MS, 100, 60_000);
@@ -110,6 +145,9 @@ export = function register(RED: NodeAPI): void {
         acceptTimeoutMs,
         retryAfterSeconds,
         ...(list && !list.allowsAll ? { allowSource: (address: string) => list.allows(address) } : {}),
+        // Until the registry has loaded, no meter counts as registered: their readings go unanswered
+        // for that moment and are retransmitted.
+        ...(registeredOnly ? { isRegisteredSource: (address: string) => registry?.hasAddress(address) ?? false } : {}),
       });
       endpoint = mesh;
       users.status({ fill: 'yellow', shape: 'ring', text: RED._('ami-mesh-endpoint.status.starting') });
@@ -118,6 +156,18 @@ export = function register(RED: NodeAPI): void {
       mesh.on('dropped', (peer) => {
         gatewayHealth.increment('meshDropped');
         node.debug(`dropped a datagram from [${peer.address}]:${peer.port}: not in the allowed mesh prefixes`);
+      });
+      mesh.on('unregistered', (peer, path) => {
+        gatewayHealth.increment('meshDroppedUnregistered');
+        node.debug(`dropped a request for ${path} from [${peer.address}]:${peer.port}: no registered meter has that address`);
+      });
+      mesh.on('duplicate', (peer, messageId, answered) => {
+        gatewayHealth.increment('meshDuplicates');
+        node.debug(`a copy of message ${messageId} from [${peer.address}]:${peer.port} ${answered ? 'was answered again' : 'waits for the first answer'}, not processed again`);
+      });
+      mesh.on('malformed', (peer, reason) => {
+        gatewayHealth.increment('meshMalformed');
+        node.debug(`dropped a malformed datagram from [${peer.address}]:${peer.port}: ${reason}`);
       });
       mesh.on('deferred', (_uplink, reason) => {
         gatewayHealth.increment('meshDeferred');
@@ -136,7 +186,9 @@ export = function register(RED: NodeAPI): void {
           node.error(`${RED._('ami-mesh-endpoint.errors.registry')}: ${err.message}`);
         });
         void registryOpening.then(() => {
-          if (registry && endpoint === mesh) removers.set('rd', mesh.addResource(rdResource(registry)));
+          if (!registry || endpoint !== mesh) return;
+          removers.set('rd', mesh.addResource(rdResource(registry)));
+          node.log(RED._('ami-mesh-endpoint.log.registry', { meters: registry.size }));
         });
       }
       listen(mesh);
@@ -193,13 +245,20 @@ export = function register(RED: NodeAPI): void {
               `the mesh socket's receive buffer is ${Math.round(granted / 1024)} KiB, not the ${RECEIVE_BUFFER_BYTES / 1024} KiB asked for: raise net.core.rmem_max (sysctl) so bursts from many meters are not dropped`,
             );
           }
+          if (bind === '::' && ipv6OnlyByDefault()) node.warn(RED._('ami-mesh-endpoint.errors.v6only'));
           gatewayHealth.setProblem(healthKey, undefined);
           users.status({ fill: 'green', shape: 'dot', text: where.replace('coap://', '') });
         },
         (err: NodeJS.ErrnoException) => {
-          const text = err.code ?? err.message;
-          node.error(`${RED._('ami-mesh-endpoint.errors.listen', { bind, port, seconds: LISTEN_RETRY_MS / 1000 })}: ${err.message}`);
-          gatewayHealth.setProblem(healthKey, `cannot listen on [${bind}]:${port}: ${text}`);
+          const explained = explainListenError(err, bind);
+          node.error(`${RED._('ami-mesh-endpoint.errors.listen', { bind, port, seconds: LISTEN_RETRY_MS / 1000 })}: ${explained}`);
+          gatewayHealth.setProblem(healthKey, `cannot listen on [${bind}]:${port}: ${explained}`);
+          const text =
+            err.code === 'EAFNOSUPPORT'
+              ? RED._('ami-mesh-endpoint.status.no-ipv6')
+              : err.code === 'EADDRNOTAVAIL'
+                ? RED._('ami-mesh-endpoint.status.address-not-available')
+                : (err.code ?? err.message);
           users.status({ fill: 'red', shape: 'ring', text });
           // The port may be held for a moment by a process that is going away: keep trying while needed.
           retryTimer = setTimeout(() => {
@@ -220,6 +279,8 @@ export = function register(RED: NodeAPI): void {
         removeDlms?.();
       });
     };
+
+    node.lookupMeter = (address, endpointName) => registry?.meterAt(address, endpointName);
 
     node.deregister = async (user) => {
       removers.get(user.id)?.();

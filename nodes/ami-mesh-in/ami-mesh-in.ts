@@ -2,13 +2,31 @@ import type { Node, NodeAPI, NodeDef } from 'node-red';
 import { settleExchange } from '../../src/coap/exchanges.js';
 import type { DlmsUplink, Uplink } from '../../src/coap/endpoint.js';
 import { readingKey } from '../../src/coap/reading.js';
-import type { MeshDlmsMessage, MeshEndpointNode, MeshReadingMessage } from '../shared/types.js';
+import type { LinkMetrics } from '../../src/mesh/registry.js';
+import type { MeshDlmsMessage, MeshEndpointNode, MeshReadingMessage, MeshRegistration } from '../shared/types.js';
 
 interface MeshInDef extends NodeDef {
   endpoint: string;
   ackMode: 'accepted' | 'received';
   /** Missing in flows saved before DLMS frames existed: those received readings. */
   resource?: 'readings' | 'dlms';
+}
+
+/**
+ * What the registry knows of the meter at `address`: its registration and,
+ * when it reported any, its link metrics. Copies, so that a flow changing
+ * the message cannot change the registry's frozen records.
+ */
+function meterContext(endpoint: MeshEndpointNode, address: string, name: string | undefined): { registration?: MeshRegistration; link?: LinkMetrics } {
+  const meter = endpoint.lookupMeter(address, name);
+  if (!meter) return {};
+  const registration: MeshRegistration = { id: meter.id, endpoint: meter.endpoint, ...(meter.sector !== undefined ? { sector: meter.sector } : {}) };
+  const link: LinkMetrics = {};
+  for (const metric of ['rssi', 'snr', 'lqi', 'hops', 'updatedAt'] as const) {
+    const value = meter.metrics[metric];
+    if (value !== undefined) link[metric] = value;
+  }
+  return { registration, ...(Object.keys(link).length > 0 ? { link } : {}) };
 }
 
 export = function register(RED: NodeAPI): void {
@@ -33,6 +51,7 @@ export = function register(RED: NodeAPI): void {
             frameKey: uplink.frameKey,
             peer: uplink.peer,
             ...(uplink.meter !== undefined ? { meter: uplink.meter } : {}),
+            ...meterContext(endpoint, uplink.peer.address, uplink.meter),
           };
           node.send(msg);
           if (ackMode === 'received') settleExchange(uplink.exchangeId, uplink.frameKey, { accepted: true });
@@ -46,6 +65,7 @@ export = function register(RED: NodeAPI): void {
             payload: uplink.reading,
             exchangeId: uplink.exchangeId,
             peer: uplink.peer,
+            ...meterContext(endpoint, uplink.peer.address, uplink.reading.meter),
           };
           node.send(msg);
           // In "received" mode the flow takes responsibility as soon as it has the message.

@@ -2,11 +2,28 @@ import type { Node, NodeMessage } from 'node-red';
 import type { DlmsUplinkListener, UplinkListener } from '../../src/coap/endpoint.js';
 import type { MeterReading } from '../../src/coap/reading.js';
 import type { HesRecord } from '../../src/hes/contract.js';
+import type { LinkMetrics, RegisteredMeter } from '../../src/mesh/registry.js';
 
 /** What a `mesh in` node sees of its `ami-mesh-endpoint` config node. */
 export interface MeshEndpointNode extends Node {
   register(user: Node, listeners: { reading?: UplinkListener; dlms?: DlmsUplinkListener }): void;
   deregister(user: Node): Promise<void>;
+  /**
+   * The registration a request from `address` belongs to (see
+   * MeterRegistry.meterAt), undefined without a registry or when none (or
+   * more than one, unnamed) registered from that IP.
+   */
+  lookupMeter(address: string, endpoint?: string): RegisteredMeter | undefined;
+}
+
+/** The registration a message's source address belongs to, in `mesh in` messages. */
+export interface MeshRegistration {
+  /** The registration's id (its Location-Path is /rd/<id>). */
+  id: string;
+  /** The endpoint name it registered with (`ep`). */
+  endpoint: string;
+  /** Its sector (`d`), if it gave one. */
+  sector?: string;
 }
 
 /** What an `hes out` node sees of its `ami-hes-endpoint` config node. */
@@ -48,6 +65,10 @@ export interface MeshReadingMessage extends NodeMessage {
   /** Settled by the node that takes responsibility for the reading (hes out). */
   exchangeId: string;
   peer: { address: string; port: number };
+  /** The meter registered from the peer's IP address, when there is one. */
+  registration?: MeshRegistration;
+  /** The link metrics that registration last reported, when it reported any. */
+  link?: LinkMetrics;
 }
 
 /** The message a `mesh in` node sends for each DLMS frame: still ciphered, nothing trusted yet. */
@@ -60,4 +81,8 @@ export interface MeshDlmsMessage extends NodeMessage {
   /** The meter's endpoint name, when it sent `?ep=`. */
   meter?: string;
   peer: { address: string; port: number };
+  /** The meter registered from the peer's IP address, when there is one. */
+  registration?: MeshRegistration;
+  /** The link metrics that registration last reported, when it reported any. */
+  link?: LinkMetrics;
 }

@@ -40,6 +40,8 @@ export interface ApplianceConfig {
   keysTrustAnchors: string | undefined;
   /** Mesh prefixes allowed to reach the mesh endpoint ('' = every source). */
   allowMesh: string;
+  /** Serve readings and DLMS frames only to addresses a registered meter has (the resource directory stays open). */
+  meshRegisteredOnly: boolean;
   logLevel: LogLevel;
 }
 
@@ -110,6 +112,14 @@ function allowMesh(env: Env): string {
   return raw;
 }
 
+function flag(env: Env, name: string, fallback: boolean): boolean {
+  const raw = nonEmpty(env, name);
+  if (raw === undefined) return fallback;
+  if (raw.toLowerCase() === 'true') return true;
+  if (raw.toLowerCase() === 'false') return false;
+  throw new ConfigError(name, `expected true or false, got "${raw}"`);
+}
+
 function trustAnchorsFile(env: Env, cwd: string): string | undefined {
   const raw = nonEmpty(env, 'AMI_KEYS_TRUST_ANCHORS');
   if (raw === undefined) return undefined;
@@ -150,6 +160,7 @@ export function loadConfig(env: Env = process.env, cwd: string = process.cwd()):
     simKeySeed: nonEmpty(env, 'AMI_SIM_KEY_SEED'),
     keysTrustAnchors: trustAnchorsFile(env, cwd),
     allowMesh: allowMesh(env),
+    meshRegisteredOnly: flag(env, 'AMI_MESH_REGISTERED_ONLY', false),
     logLevel: logLevelRaw as LogLevel,
   };
 }

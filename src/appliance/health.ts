@@ -14,6 +14,12 @@ export interface HealthSnapshot {
   meshDeferred: number;
   /** Datagrams from sources outside the allowed mesh prefixes, dropped unanswered. */
   meshDropped: number;
+  /** Requests from sources no registered meter has, dropped unanswered ("registered meters only"). */
+  meshDroppedUnregistered: number;
+  /** Retransmitted copies of requests, answered without being processed again. */
+  meshDuplicates: number;
+  /** Datagrams that are not well-formed CoAP. */
+  meshMalformed: number;
   hesDelivered: number;
   hesFailed: number;
   dlmsDecoded: number;
@@ -43,6 +49,9 @@ export type Counter =
   | 'meshRejected'
   | 'meshDeferred'
   | 'meshDropped'
+  | 'meshDroppedUnregistered'
+  | 'meshDuplicates'
+  | 'meshMalformed'
   | 'hesDelivered'
   | 'hesFailed'
   | 'dlmsDecoded'
@@ -56,6 +65,9 @@ export class HealthRegistry {
     meshRejected: 0,
     meshDeferred: 0,
     meshDropped: 0,
+    meshDroppedUnregistered: 0,
+    meshDuplicates: 0,
+    meshMalformed: 0,
     hesDelivered: 0,
     hesFailed: 0,
     dlmsDecoded: 0,

@@ -103,6 +103,7 @@ export async function startAppliance(config: ApplianceConfig): Promise<RunningAp
     process.env.AMI_MESH_PORT = String(config.meshPort);
     process.env.AMI_MESH_BIND = config.meshBind;
     process.env.AMI_ALLOW_MESH = config.allowMesh;
+    process.env.AMI_MESH_REGISTERED_ONLY = String(config.meshRegisteredOnly);
     process.env.AMI_GATEWAY_ID ??= os.hostname();
 
     const app = express();

@@ -1,12 +1,15 @@
 import { EventEmitter } from 'node:events';
 import { createHash, randomUUID } from 'node:crypto';
+import type { AddressInfo } from 'node:net';
 import type { IncomingMessage, OutgoingMessage, Server } from 'coap';
 import { uintOption } from './options.js';
-import { closeQuietly, createCoapServer, listenCoapServer, sizeReceiveBuffer } from './server.js';
+import { closeQuietly, createCoapServer, forgetCachedAnswer, listenCoapServer, observeOutgoing, sizeReceiveBuffer } from './server.js';
 import { decodeReading, readingKey, ReadingFormatError, type MeterReading } from './reading.js';
+import { forgetExchange, registerExchange, type ExchangeOutcome } from './exchanges.js';
+import { datagramHeader, inspectDatagram, resetMessage, type MalformedReason } from './datagram.js';
+import { MessageDeduplicator, type DeduplicatorOptions } from './deduplicator.js';
 
 const CONTENT_FORMAT_OCTET_STREAM = 42;
-import { forgetExchange, registerExchange, type ExchangeOutcome } from './exchanges.js';
 
 /**
  * The gateway's mesh-facing CoAP endpoint.
@@ -20,6 +23,13 @@ import { forgetExchange, registerExchange, type ExchangeOutcome } from './exchan
  * and the gateway's acceptance are the same event; when acceptance takes
  * longer than the piggyback window, the meter gets an empty ACK first and the
  * answer as a separate confirmable response.
+ *
+ * Every datagram passes a screen before the coap library sees it: the
+ * allowlist of mesh prefixes, a strict check of its CoAP framing (malformed
+ * ones are counted and dropped; a confirmable one gets a Reset), "registered
+ * meters only" when configured, and duplicate detection over the exchange
+ * lifetime (RFC 7252 section 4.5), so that a retransmitted request is
+ * processed once and every copy gets the first one's acknowledgement.
  */
 export interface MeshEndpointOptions {
   bind: string;
@@ -32,7 +42,22 @@ export interface MeshEndpointOptions {
   allowSource?: (address: string) => boolean;
   /** Socket receive buffer to ask for (default RECEIVE_BUFFER_BYTES). */
   receiveBufferBytes?: number;
+  /**
+   * "Registered meters only": with this, requests from a source it refuses
+   * are dropped unanswered unless they go to the resource directory (or to
+   * /.well-known, where it is discovered), so that a meter can still join.
+   */
+  isRegisteredSource?: (address: string) => boolean;
+  /** Lifetimes and caps of duplicate detection; RFC 7252's defaults otherwise (tests shorten them). */
+  deduplication?: DeduplicatorOptions;
 }
+
+/**
+ * First Uri-Path segments a source that has not registered may reach under
+ * "registered meters only": the resource directory (RFC 9176) and its
+ * discovery. Everything else needs a registration from the same IP.
+ */
+const OPEN_TO_UNREGISTERED = new Set(['rd', '.well-known']);
 
 /** Enough for a burst of a few thousand uplinks of a few hundred bytes each. */
 export const RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024;
@@ -99,6 +124,17 @@ export interface MeshEndpointEvents {
   rejected: [reason: MeshRejectReason, message: string, peer: { address: string; port: number }];
   /** A datagram from a source outside the allowlist, dropped before CoAP parsing. */
   dropped: [peer: { address: string; port: number }];
+  /** A request for anything but the resource directory from a source no registered meter has, dropped unanswered. */
+  unregistered: [peer: { address: string; port: number }, path: string];
+  /**
+   * A copy of a request already being or been processed (same source and
+   * message id, same bytes), not processed again. `answered` when the copy
+   * got the first one's ACK at once, false when it gets it once that exists
+   * (CON) or is ignored (NON).
+   */
+  duplicate: [peer: { address: string; port: number }, messageId: number, answered: boolean];
+  /** A datagram that is not well-formed CoAP, dropped (a malformed CON is rejected with a Reset). */
+  malformed: [peer: { address: string; port: number }, reason: MalformedReason];
   error: [err: Error];
 }
 
@@ -132,6 +168,13 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
   private boundPort: number | undefined;
   /** Datagrams dropped by the allowlist. */
   dropped = 0;
+  /** Requests dropped because no registered meter has their source address ("registered meters only"). */
+  droppedUnregistered = 0;
+  /** Copies of requests not processed again (RFC 7252 section 4.5). */
+  duplicates = 0;
+  /** Datagrams that are not well-formed CoAP. */
+  malformed = 0;
+  private deduplicator: MessageDeduplicator | undefined;
   /** The receive buffer the kernel granted (Linux reports twice what it keeps). */
   receiveBufferBytes: number | undefined;
   private starting: Promise<void> | undefined;
@@ -174,24 +217,27 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
   private async open(): Promise<void> {
     if (this.server) return;
     this.stopped = false;
-    const server = createCoapServer(this.options.bind, { piggybackReplyMs: piggybackWindowMs(this.options.acceptTimeoutMs) });
-    const allowSource = this.options.allowSource;
-    if (allowSource) {
-      // The filter sits in front of the library's datagram handler (installed by listen()), so
-      // a dropped source gets nothing at all: no ACK, no reset, no parsing of its bytes.
-      const handleDatagram = server.handleRequest.bind(server);
-      server.handleRequest = () => {
-        const handle = handleDatagram();
-        return (message, rsinfo) => {
-          if (allowSource(rsinfo.address)) {
-            handle(message, rsinfo);
-            return;
-          }
-          this.dropped += 1;
-          this.emit('dropped', { address: rsinfo.address, port: rsinfo.port });
-        };
-      };
-    }
+    const server = createCoapServer(
+      this.options.bind,
+      { piggybackReplyMs: piggybackWindowMs(this.options.acceptTimeoutMs) },
+      {
+        onRequestFailure: (peer) => {
+          this.malformed += 1;
+          this.emit('malformed', peer, 'UNPROCESSABLE');
+        },
+      },
+    );
+    const deduplicator = new MessageDeduplicator(this.options.deduplication);
+    this.deduplicator = deduplicator;
+    // Answers the library sends are seen once the socket exists (after listen); until then nothing is sent.
+    let sendRaw: ((datagram: Buffer, port: number, address: string) => void) | undefined;
+    // The screen sits in front of the library's datagram handler (installed by listen()), so a
+    // dropped datagram gets nothing at all: no ACK, no reset, no parsing by the library.
+    const handleDatagram = server.handleRequest.bind(server);
+    server.handleRequest = () => {
+      const handle = handleDatagram();
+      return (message, rsinfo) => this.screen(message, rsinfo, handle, deduplicator, sendRaw, server);
+    };
     server.on('request', (req: IncomingMessage, res: OutgoingMessage) => this.handle(req, res));
     const port = await listenCoapServer(server, this.options.port, this.options.bind);
     if (this.stopped) {
@@ -201,6 +247,13 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
     }
     // Forwarded only once listening: a bind failure is start()'s rejection, not an event.
     server.on('error', (err: Error) => this.emit('error', err));
+    // Every ACK or RST the library sends is the answer to a request's message id: kept for its copies.
+    sendRaw = observeOutgoing(server, (datagram, peerAddress, peerPort) => {
+      const header = datagramHeader(datagram);
+      if (!header || (header.type !== 'ACK' && header.type !== 'RST')) return;
+      const owed = deduplicator.answered(peerAddress, peerPort, header.messageId, datagram);
+      for (let i = 0; i < owed; i++) sendRaw?.(datagram, peerPort, peerAddress);
+    });
     this.server = server;
     this.boundPort = port;
     this.receiveBufferBytes = sizeReceiveBuffer(server, this.options.receiveBufferBytes ?? RECEIVE_BUFFER_BYTES);
@@ -217,6 +270,7 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
     if (this.starting) await this.starting.catch(() => undefined);
     const server = this.server;
     this.server = undefined;
+    this.deduplicator?.clear();
     for (const entry of [...this.pending.values()]) {
       this.settle(entry, { accepted: false, reason: 'gateway shutting down' });
     }
@@ -226,7 +280,78 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
     await new Promise<void>((resolve) => server.close(() => resolve()));
   }
 
+  /**
+   * What happens to a datagram before the library sees it: the allowlist,
+   * the framing check, "registered meters only", then duplicate detection.
+   */
+  private screen(
+    message: Buffer,
+    rsinfo: AddressInfo,
+    handle: (message: Buffer, rsinfo: AddressInfo) => void,
+    deduplicator: MessageDeduplicator,
+    sendRaw: ((datagram: Buffer, port: number, address: string) => void) | undefined,
+    server: Server,
+  ): void {
+    const peer = { address: rsinfo.address, port: rsinfo.port };
+    const allowSource = this.options.allowSource;
+    if (allowSource && !allowSource(rsinfo.address)) {
+      this.dropped += 1;
+      this.emit('dropped', peer);
+      return;
+    }
+    const frame = inspectDatagram(message);
+    if (!frame.ok) {
+      this.malformed += 1;
+      // RFC 7252 section 4.2: a Confirmable message with a format error is rejected with a Reset
+      // (4 bytes, never more than what came in); anything else, or an unknown version, is ignored.
+      if (frame.type === 'CON' && frame.messageId !== undefined) sendRaw?.(resetMessage(frame.messageId), rsinfo.port, rsinfo.address);
+      this.emit('malformed', peer, frame.reason);
+      return;
+    }
+    if (frame.isEmpty && frame.type === 'CON') {
+      // A "CoAP ping" (section 4.3) is answered with a Reset; the library would take it for a request.
+      sendRaw?.(resetMessage(frame.messageId), rsinfo.port, rsinfo.address);
+      return;
+    }
+    if (!frame.isRequest) {
+      // ACKs and Resets of the library's separate responses, or responses to it.
+      handle(message, rsinfo);
+      return;
+    }
+    const isRegisteredSource = this.options.isRegisteredSource;
+    if (isRegisteredSource && !OPEN_TO_UNREGISTERED.has(frame.firstPathSegment) && !isRegisteredSource(rsinfo.address)) {
+      this.droppedUnregistered += 1;
+      this.emit('unregistered', peer, `/${frame.firstPathSegment}`);
+      return;
+    }
+    const verdict = deduplicator.check(rsinfo.address, rsinfo.port, frame.messageId, frame.type === 'CON', message);
+    if (verdict.duplicate) {
+      this.duplicates += 1;
+      if (verdict.answer) sendRaw?.(verdict.answer, rsinfo.port, rsinfo.address);
+      this.emit('duplicate', peer, frame.messageId, verdict.answer !== undefined);
+      return;
+    }
+    // This table alone decides what is a copy. The library would answer a new request from its own
+    // cache when an old one had the same message id and token (a meter that restarted its counters
+    // within the exchange lifetime), so its entry goes.
+    forgetCachedAnswer(server, rsinfo.address, rsinfo.port, frame.messageId, frame.token);
+    handle(message, rsinfo);
+  }
+
   private handle(req: IncomingMessage, res: OutgoingMessage): void {
+    try {
+      this.route(req, res);
+    } catch (err) {
+      // A bug of ours, not the peer's: reported, and answered without its text.
+      this.emit('error', err as Error);
+      if (!(res as OutgoingMessage & { writableEnded?: boolean }).writableEnded) {
+        res.code = '5.00';
+        res.end();
+      }
+    }
+  }
+
+  private route(req: IncomingMessage, res: OutgoingMessage): void {
     const peer = { address: req.rsinfo.address, port: req.rsinfo.port };
     const [path = '', query = ''] = req.url.split('?');
     for (const resource of this.resources) {

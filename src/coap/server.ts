@@ -1,4 +1,5 @@
-import { isIPv4 } from 'node:net';
+import type { Socket } from 'node:dgram';
+import { isIPv4, isIPv6 } from 'node:net';
 import * as coap from 'coap';
 import type { CoapServerOptions, Server } from 'coap';
 
@@ -7,8 +8,87 @@ import type { CoapServerOptions, Server } from 'coap';
  * the library's default (reuseAddr) lets another process bind the same port
  * and silently take part of the traffic.
  */
-export function createCoapServer(bind: string, options: Omit<CoapServerOptions, 'type' | 'reuseAddr'> = {}): Server {
-  return coap.createServer({ ...options, type: isIPv4(bind) ? 'udp4' : 'udp6', reuseAddr: false });
+export function createCoapServer(
+  bind: string,
+  options: Omit<CoapServerOptions, 'type' | 'reuseAddr'> = {},
+  hooks: { onRequestFailure?: (peer: { address: string; port: number }) => void } = {},
+): Server {
+  const server = coap.createServer({ ...options, type: isIPv4(bind) ? 'udp4' : 'udp6', reuseAddr: false });
+  answerErrorsToSender(server, hooks.onRequestFailure);
+  return server;
+}
+
+/**
+ * The library answers a request it failed on (a parse error, a bad Block1
+ * option, a listener that threw) with 5.00 sent to the port the request came
+ * from but at no address, which the socket turns into the loopback address:
+ * a remote peer could make the gateway send datagrams to any local UDP
+ * service. This replacement answers the sender itself, as an ACK when the
+ * request was confirmable (so it ends the sender's retransmissions), without
+ * the error's text (it may describe the gateway's internals), and not at all
+ * when the library has no parsed request to answer: such an answer would
+ * carry neither the request's message id nor its token, and no client could
+ * match it. `onFailure` hears of each such request.
+ */
+function answerErrorsToSender(server: Server, onFailure?: (peer: { address: string; port: number }) => void): void {
+  server._sendError = (_payload, rsinfo, packet, code = '5.00') => {
+    onFailure?.({ address: rsinfo.address, port: rsinfo.port });
+    const socket = serverSocket(server);
+    if (!packet || packet.messageId === undefined || !socket) return;
+    socket.send(errorAnswer(code, packet.messageId, packet.token, packet.confirmable === true), rsinfo.port, rsinfo.address);
+  };
+}
+
+/** A header-only CoAP answer (no options, no payload): ACK to a CON request, NON otherwise. */
+function errorAnswer(code: string, messageId: number, token: Buffer | undefined, ack: boolean): Buffer {
+  const [codeClass = 5, codeDetail = 0] = code.split('.').map(Number);
+  const tokenBytes = token && token.length <= 8 ? token : Buffer.alloc(0);
+  const header = Buffer.from([0x40 | ((ack ? 2 : 1) << 4) | tokenBytes.length, (codeClass << 5) | codeDetail, (messageId >> 8) & 0xff, messageId & 0xff]);
+  return Buffer.concat([header, tokenBytes]);
+}
+
+/** coap's Server keeps its socket private; every reach for it goes through here. */
+function serverSocket(server: Server): Socket | undefined {
+  const socket = (server as unknown as { _sock?: unknown })._sock;
+  return socket && typeof (socket as Socket).send === 'function' && typeof (socket as Socket).address === 'function' ? (socket as Socket) : undefined;
+}
+
+/**
+ * Forgets the answer the library cached for a request (its LRU key: the
+ * default client identifier "address:port", "/", message id, token in hex),
+ * so that a new request reusing the message id and token of an old one is
+ * processed instead of being answered from the old exchange.
+ */
+export function forgetCachedAnswer(server: Server, address: string, port: number, messageId: number, token: Buffer): void {
+  server._lru.delete(`${address}:${port}/${messageId}${token.toString('hex')}`);
+}
+
+/** An outgoing datagram, as the library hands it to the socket. */
+export type OutgoingObserver = (datagram: Buffer, address: string, port: number) => void;
+
+/**
+ * Shows `observe` every datagram the listening server sends (answers, empty
+ * ACKs, separate responses, retransmissions) and returns a function that
+ * sends a datagram past the observer. Must be called after listen().
+ */
+export function observeOutgoing(server: Server, observe: OutgoingObserver): ((datagram: Buffer, port: number, address: string) => void) | undefined {
+  const socket = serverSocket(server);
+  if (!socket) return undefined;
+  const send = socket.send.bind(socket);
+  // The library calls both send(msg, offset, length, port, address, cb) and send(msg, port, address, cb).
+  const observed = (...args: unknown[]): void => {
+    const [message, second, third, fourth, fifth] = args;
+    if (Buffer.isBuffer(message)) {
+      if (typeof second === 'number' && typeof third === 'number' && typeof fourth === 'number') {
+        if (typeof fifth === 'string') observe(message.subarray(second, second + third), fifth, fourth);
+      } else if (typeof second === 'number' && typeof third === 'string') {
+        observe(message, third, second);
+      }
+    }
+    (send as (...sendArgs: unknown[]) => void)(...args);
+  };
+  socket.send = observed as Socket['send'];
+  return (datagram, port, address) => send(datagram, port, address);
 }
 
 /**
@@ -30,9 +110,8 @@ export async function listenCoapServer(server: Server, port: number, bind: strin
     closeQuietly(server);
     throw err;
   }
-  // coap's Server keeps its socket private; its address tells the port when 0 was asked for.
-  const socket = (server as unknown as { _sock?: { address(): { port: number } } })._sock;
-  return socket?.address().port ?? port;
+  // Its socket's address tells the port when 0 was asked for.
+  return serverSocket(server)?.address().port ?? port;
 }
 
 export function closeQuietly(server: Server): void {
@@ -50,8 +129,7 @@ export function closeQuietly(server: Server): void {
  * net.core.rmem_max (and reports twice what it keeps, for its bookkeeping).
  */
 export function sizeReceiveBuffer(server: Server, bytes: number): number | undefined {
-  // coap's Server keeps its socket private; this is the one place we reach for it besides the port.
-  const socket = (server as unknown as { _sock?: { setRecvBufferSize(size: number): void; getRecvBufferSize(): number } })._sock;
+  const socket = serverSocket(server);
   if (!socket) return undefined;
   try {
     socket.setRecvBufferSize(bytes);
@@ -62,5 +140,27 @@ export function sizeReceiveBuffer(server: Server, bytes: number): number | undef
     return socket.getRecvBufferSize();
   } catch {
     return undefined;
+  }
+}
+
+/**
+ * What an operator should read when the socket cannot be opened, for the
+ * errors whose code alone does not say what to do.
+ */
+export function explainListenError(err: NodeJS.ErrnoException, bind: string): string {
+  const where = isIPv6(bind) ? `[${bind}]` : bind;
+  switch (err.code) {
+    case 'EAFNOSUPPORT':
+      return `IPv6 is not available on this system (the kernel has it disabled): bind to an IPv4 address such as 0.0.0.0 instead of ${where}`;
+    case 'EADDRNOTAVAIL':
+      return isIPv6(bind)
+        ? `${where} is not an address of this host, or IPv6 is disabled on its interfaces (net.ipv6.conf.*.disable_ipv6): assign the address, bind to :: or, without IPv6, to 0.0.0.0`
+        : `${where} is not an address of this host: assign it to an interface or bind to 0.0.0.0`;
+    case 'EADDRINUSE':
+      return 'the port is already in use by another process';
+    case 'EACCES':
+      return 'not permitted (ports below 1024 need CAP_NET_BIND_SERVICE)';
+    default:
+      return err.message;
   }
 }

@@ -4,6 +4,7 @@ import { isIP } from 'node:net';
 import { cborDecode, cborEncode } from '../coap/cbor.js';
 import { openSublevel, type GatewayDatabase, type GatewaySublevel } from '../store/database.js';
 import { writeBatch, type BatchOperation } from '../store/group-commit.js';
+import { canonicalSourceAddress } from './allowlist.js';
 import { MAX_LINKS, type Link, type LinkAttributeValue } from './linkformat.js';
 
 /**
@@ -568,6 +569,12 @@ export class MeterRegistry extends EventEmitter<MeterRegistryEvents> {
   private readonly byIdentity = new Map<string, string>();
   /** endpoint name -> ids (in any sector) */
   private readonly byName = new Map<string, Set<string>>();
+  /**
+   * canonical source IP -> ids registered from it. By IP alone: a meter's
+   * requests may come from another port than its registration, and its
+   * `base` may name yet another one.
+   */
+  private readonly byAddress = new Map<string, Set<string>>();
   private readonly heap = new ExpiryHeap();
   private timer: NodeJS.Timeout | undefined;
   private armedAt: number | undefined;
@@ -668,6 +675,35 @@ export class MeterRegistry extends EventEmitter<MeterRegistryEvents> {
 
   list(): RegisteredMeter[] {
     return [...this.meters.values()];
+  }
+
+  /** True when a live registration came from the IP `address` (any port; ::ffff:a.b.c.d matches a.b.c.d). */
+  hasAddress(address: string): boolean {
+    return this.byAddress.has(canonicalSourceAddress(address));
+  }
+
+  /** The registrations that came from the IP `address` (any port). */
+  atAddress(address: string): RegisteredMeter[] {
+    const ids = this.byAddress.get(canonicalSourceAddress(address));
+    if (!ids) return [];
+    return [...ids].map((id) => this.meters.get(id)).filter((meter): meter is RegisteredMeter => meter !== undefined);
+  }
+
+  /**
+   * The registration a request from `address` belongs to: among those that
+   * came from that IP, the one named `endpoint` when the request names its
+   * meter, else the only one. Undefined when there is none, or when several
+   * share the IP (a border router, a meter with several sectors) and the
+   * request does not say which: a wrong attribution is worse than none.
+   */
+  meterAt(address: string, endpoint?: string): RegisteredMeter | undefined {
+    const candidates = this.atAddress(address);
+    if (endpoint !== undefined) {
+      const named = candidates.filter((meter) => meter.endpoint === endpoint);
+      if (named.length === 1) return named[0];
+      if (named.length > 1) return undefined;
+    }
+    return candidates.length === 1 ? candidates[0] : undefined;
   }
 
   /**
@@ -836,6 +872,10 @@ export class MeterRegistry extends EventEmitter<MeterRegistryEvents> {
     let ids = this.byName.get(meter.endpoint);
     if (!ids) this.byName.set(meter.endpoint, (ids = new Set()));
     ids.add(meter.id);
+    const ip = canonicalSourceAddress(meter.address.address);
+    let atAddress = this.byAddress.get(ip);
+    if (!atAddress) this.byAddress.set(ip, (atAddress = new Set()));
+    atAddress.add(meter.id);
     this.heap.push({ at: meter.expiresAt, id: meter.id });
   }
 
@@ -848,6 +888,12 @@ export class MeterRegistry extends EventEmitter<MeterRegistryEvents> {
     if (ids) {
       ids.delete(meter.id);
       if (ids.size === 0) this.byName.delete(meter.endpoint);
+    }
+    const ip = canonicalSourceAddress(meter.address.address);
+    const atAddress = this.byAddress.get(ip);
+    if (atAddress) {
+      atAddress.delete(meter.id);
+      if (atAddress.size === 0) this.byAddress.delete(ip);
     }
   }
 
