@@ -2,6 +2,9 @@ import { readFileSync } from 'node:fs';
 import type { NodeAPI, NodeDef } from 'node-red';
 import type { Request, Response } from 'express';
 import { MeterRegistry } from '../../src/mesh/registry.js';
+import { MeshClient } from '../../src/coap/client/client.js';
+import { RFC7252_TRANSMISSION } from '../../src/coap/client/parameters.js';
+import { onRegistryEvents, type MeshRegistryEvent } from '../../src/mesh/events.js';
 import { ResourceDirectory } from '../../src/mesh/rd.js';
 import type { DatabaseLease } from '../../src/store/database.js';
 import {
@@ -35,7 +38,15 @@ interface MeshEndpointDef extends NodeDef {
    * environment reference such as ${AMI_MESH_REGISTERED_ONLY}.
    */
   registeredOnly?: boolean | string;
+  /** Requests to meters: RFC 7252 ACK_TIMEOUT in ms (default 2000). */
+  ackTimeout?: string;
+  /** Requests to meters: RFC 7252 MAX_RETRANSMIT (default 4). */
+  maxRetransmit?: string;
+  /** Requests to meters outstanding at once across the mesh (default 64). */
+  maxConcurrent?: string;
 }
+
+const DEFAULT_MAX_CONCURRENT = 64;
 
 /** Registrations written at once; beyond this a reconnect storm is told to come back (5.03). */
 const RD_MAX_IN_FLIGHT = 512;
@@ -112,6 +123,12 @@ export = function register(RED: NodeAPI): void {
     let registryLease: DatabaseLease | undefined;
     let registryOpening: Promise<void> | undefined;
     let closed = false;
+    let ackTimeoutMs = RFC7252_TRANSMISSION.ackTimeoutMs;
+    let maxRetransmit = RFC7252_TRANSMISSION.maxRetransmit;
+    let maxConcurrent = DEFAULT_MAX_CONCURRENT;
+    let client: Promise<MeshClient> | undefined;
+    const registryListeners = new Map<string, (event: MeshRegistryEvent) => void>();
+    let stopForwarding: (() => void) | undefined;
     registries.set(node.id, { name: node.name ?? '', registry: () => registry });
     try {
       maxMeters = numberProperty('Max meters', def.maxMeters, DEFAULT_MAX_METERS, 1, 1_000_000);
@@ -127,6 +144,9 @@ export = function register(RED: NodeAPI): void {
       port = numberProperty('Port', def.port, DEFAULT_PORT, 0, 65535);
       acceptTimeoutMs = numberProperty('Accept timeout', def.acceptTimeout, DEFAULT_ACCEPT_TIMEOUT_MS, 100, 60_000);
       retryAfterSeconds = numberProperty('Retry after', def.retryAfter, DEFAULT_RETRY_AFTER_SECONDS, 1, 86_400);
+      ackTimeoutMs = numberProperty('ACK timeout', def.ackTimeout, ackTimeoutMs, 10, 60_000);
+      maxRetransmit = numberProperty('Retransmissions', def.maxRetransmit, maxRetransmit, 0, 10);
+      maxConcurrent = numberProperty('Requests in flight', def.maxConcurrent, maxConcurrent, 1, 10_000);
     } catch (err) {
       configError = (err as Error).message;
       node.error(`${RED._('ami-mesh-endpoint.errors.config')}: ${configError}`);
@@ -210,6 +230,10 @@ export = function register(RED: NodeAPI): void {
       }
       registryLease = lease;
       registry = opened;
+      // One forwarder for all users: `mesh events` nodes registered before the registry loaded get events too.
+      stopForwarding = onRegistryEvents(opened, (event) => {
+        for (const listener of registryListeners.values()) listener(event);
+      });
       opened.on('joined', (meter) => node.debug(RED._('ami-mesh-endpoint.log.joined', { endpoint: meter.endpoint, address: `[${meter.address.address}]:${meter.address.port}` })));
       opened.on('removed', (meter, reason) => {
         if (reason === 'expired') node.log(RED._('ami-mesh-endpoint.log.expired', { endpoint: meter.endpoint, reason }));
@@ -229,6 +253,8 @@ export = function register(RED: NodeAPI): void {
       const lease = registryLease;
       registry = undefined;
       registryLease = undefined;
+      stopForwarding?.();
+      stopForwarding = undefined;
       await opened?.close();
       await lease?.release();
     }
@@ -274,11 +300,39 @@ export = function register(RED: NodeAPI): void {
       const mesh = endpoint;
       const removeReading = mesh && listeners.reading ? mesh.onUplink(listeners.reading) : undefined;
       const removeDlms = mesh && listeners.dlms ? mesh.onDlmsUplink(listeners.dlms) : undefined;
+      if (listeners.registry) registryListeners.set(user.id, listeners.registry);
       removers.set(user.id, () => {
         removeReading?.();
         removeDlms?.();
+        registryListeners.delete(user.id);
       });
     };
+
+    node.meterRegistry = () => registry;
+
+    node.meshClient = () => {
+      if (configError !== undefined) return Promise.reject(new Error(configError));
+      client ??= MeshClient.open(
+        // The client's own socket on the endpoint's address: meters answer whichever port asked.
+        { bind, receiveBufferBytes: RECEIVE_BUFFER_BYTES },
+        {
+          transmission: { ackTimeoutMs, maxRetransmit },
+          maxConcurrent,
+        },
+      ).catch((err: NodeJS.ErrnoException) => {
+        client = undefined;
+        throw new Error(`cannot open the mesh client socket on [${bind}]: ${explainListenError(err, bind)}`);
+      });
+      return client;
+    };
+
+    /** Closes the client: requests still waiting fail with CLOSED. */
+    async function closeClient(): Promise<void> {
+      const opening = client;
+      client = undefined;
+      const opened = await opening?.catch(() => undefined);
+      await opened?.close();
+    }
 
     node.lookupMeter = (address, endpointName) => registry?.meterAt(address, endpointName);
 
@@ -286,6 +340,7 @@ export = function register(RED: NodeAPI): void {
       removers.get(user.id)?.();
       removers.delete(user.id);
       if (users.deregister(user)) gatewayHealth.setProblem(healthKey, undefined);
+      if (users.size === 0) await closeClient();
       if (users.size === 0 && endpoint) {
         clearTimeout(retryTimer);
         const closing = endpoint;
@@ -302,7 +357,7 @@ export = function register(RED: NodeAPI): void {
       gatewayHealth.setProblem(`${healthKey} registry`, undefined);
       const closing = endpoint;
       endpoint = undefined;
-      (closing ? closing.stop() : Promise.resolve())
+      Promise.all([closing ? closing.stop() : Promise.resolve(), closeClient()])
         .then(() => closeRegistry())
         .then(done, (err: Error) => {
           node.error(err.message);

@@ -2,12 +2,21 @@ import type { Node, NodeMessage } from 'node-red';
 import type { DlmsUplinkListener, UplinkListener } from '../../src/coap/endpoint.js';
 import type { MeterReading } from '../../src/coap/reading.js';
 import type { HesRecord } from '../../src/hes/contract.js';
-import type { LinkMetrics, RegisteredMeter } from '../../src/mesh/registry.js';
+import type { LinkMetrics, MeterRegistry, RegisteredMeter } from '../../src/mesh/registry.js';
+import type { MeshClient } from '../../src/coap/client/client.js';
+import type { MeshRegistryEvent } from '../../src/mesh/events.js';
 
-/** What a `mesh in` node sees of its `ami-mesh-endpoint` config node. */
+/** What `mesh in`, `mesh request` and `mesh events` see of their `ami-mesh-endpoint` config node. */
 export interface MeshEndpointNode extends Node {
-  register(user: Node, listeners: { reading?: UplinkListener; dlms?: DlmsUplinkListener }): void;
+  register(
+    user: Node,
+    listeners: { reading?: UplinkListener; dlms?: DlmsUplinkListener; registry?: (event: MeshRegistryEvent) => void },
+  ): void;
   deregister(user: Node): Promise<void>;
+  /** The congestion-controlled client towards meters, opened on first use and owned by the config node. */
+  meshClient(): Promise<MeshClient>;
+  /** The meter registry, once loaded (undefined without a store). */
+  meterRegistry(): MeterRegistry | undefined;
   /**
    * The registration a request from `address` belongs to (see
    * MeterRegistry.meterAt), undefined without a registry or when none (or

@@ -98,7 +98,9 @@ describe('Node-RED editor of the appliance (Chromium)', () => {
     const hesOut = category.locator('.red-ui-palette-node[data-palette-type="ami-hes-out"]');
     expect(await meshIn.locator('.red-ui-palette-label').innerText()).toBe('mesh in');
     expect(await hesOut.locator('.red-ui-palette-label').innerText()).toBe('hes out');
-    expect(await category.locator('.red-ui-palette-node').count()).toBe(4);
+    expect(await category.locator('.red-ui-palette-node[data-palette-type="ami-mesh-request"] .red-ui-palette-label').innerText()).toBe('mesh request');
+    expect(await category.locator('.red-ui-palette-node[data-palette-type="ami-mesh-events"] .red-ui-palette-label').innerText()).toBe('mesh events');
+    expect(await category.locator('.red-ui-palette-node').count()).toBe(6);
 
     // Icons: the editor only uses a module's icon path when the runtime listed the file.
     const icons: Array<[string, string]> = [

@@ -22,6 +22,8 @@ export const nodes = {
   keyring: requireFromHere(path.join(DIST, 'nodes/ami-keyring/ami-keyring.js')) as NodeModule,
   dlmsDecode: requireFromHere(path.join(DIST, 'nodes/ami-dlms-decode/ami-dlms-decode.js')) as NodeModule,
   dlmsEncode: requireFromHere(path.join(DIST, 'nodes/ami-dlms-encode/ami-dlms-encode.js')) as NodeModule,
+  meshRequest: requireFromHere(path.join(DIST, 'nodes/ami-mesh-request/ami-mesh-request.js')) as NodeModule,
+  meshEvents: requireFromHere(path.join(DIST, 'nodes/ami-mesh-events/ami-mesh-events.js')) as NodeModule,
 };
 export const allNodes = Object.values(nodes);
 
