@@ -48,8 +48,12 @@ interface MeshEndpointDef extends NodeDef {
 
 const DEFAULT_MAX_CONCURRENT = 64;
 
-/** Registrations written at once; beyond this a reconnect storm is told to come back (5.03). */
-const RD_MAX_IN_FLIGHT = 512;
+/**
+ * Registrations written at once; beyond this a reconnect storm is told to come back (5.03).
+ * 128 keeps a storm's peak memory low (each admitted request holds its CoAP objects until its
+ * batch is on disk) and costs no registration time: LevelDB still commits them in large batches.
+ */
+const RD_MAX_IN_FLIGHT = 128;
 const RD_RETRY_AFTER_SECONDS = 20;
 const DEFAULT_MAX_METERS = 20_000;
 

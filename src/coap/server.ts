@@ -15,7 +15,42 @@ export function createCoapServer(
 ): Server {
   const server = coap.createServer({ ...options, type: isIPv4(bind) ? 'udp4' : 'udp6', reuseAddr: false });
   answerErrorsToSender(server, hooks.onRequestFailure);
+  releaseAnsweredExchanges(server);
   return server;
+}
+
+/** What the library hangs on a cached answer: the sender that transmitted it. */
+interface CachedAnswerSender {
+  _timer?: NodeJS.Timeout;
+  _bOffTimer?: NodeJS.Timeout;
+  removeAllListeners(): void;
+}
+
+/**
+ * The library keeps each answer in its LRU (so a retransmitted request is
+ * answered again) together with the sender object that transmitted it. For
+ * an answer that is never retransmitted (a piggybacked ACK, a reset, a
+ * non-confirmable response) that sender still arms a 202 s timer whose only
+ * effect is an event nobody listens to, and its listeners hold the whole
+ * request and response: about 7 KiB per exchange, 90 MB after a reconnect
+ * storm of 10,000 meters. Once such an answer is sent, the timer and the
+ * listeners go; the answer's bytes stay cached for duplicates. Confirmable
+ * separate responses keep theirs: the sender retransmits them.
+ */
+function releaseAnsweredExchanges(server: Server): void {
+  const cache = server._lru as unknown as { set(key: string, value: unknown): unknown };
+  const set = cache.set.bind(cache);
+  cache.set = (key, value) => {
+    const result = set(key, value);
+    // The library attaches the sender and sends right after caching, in the same turn.
+    queueMicrotask(() => {
+      const sender = (value as { sender?: CachedAnswerSender }).sender;
+      if (!sender || sender._bOffTimer !== undefined) return;
+      clearTimeout(sender._timer);
+      sender.removeAllListeners();
+    });
+    return result;
+  };
 }
 
 /**

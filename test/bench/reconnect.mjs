@@ -5,7 +5,7 @@
 //             (what the library and the meters' own stack cost)
 //   gateway   MeshEndpoint + ResourceDirectory + MeterRegistry in LevelDB (synced
 //             batches), wired as the ami-mesh-endpoint node wires them, with its
-//             admission control (at most 512 registrations being written at once,
+//             admission control (at most 128 registrations being written at once,
 //             5.03 + Max-Age beyond that)
 // The server under test runs in a child process of its own (its RSS is sampled
 // there, so the figure is the server's alone), the meters in another (MeterFleet
@@ -29,7 +29,7 @@ const dist = (file) => require(path.join(root, 'dist/src', file));
 const METERS = Number(process.env.BENCH_METERS ?? 10_000);
 const RETRY_AFTER_SECONDS = Number(process.env.BENCH_RETRY_AFTER ?? 1);
 /** As nodes/ami-mesh-endpoint (RD_MAX_IN_FLIGHT). */
-const MAX_IN_FLIGHT = Number(process.env.BENCH_MAX_IN_FLIGHT ?? 512);
+const MAX_IN_FLIGHT = Number(process.env.BENCH_MAX_IN_FLIGHT ?? 128);
 /** As the default flow's mesh endpoint (maxMeters). */
 const MAX_METERS = 20_000;
 /** A storm that has not settled by then is reported as it stands. */

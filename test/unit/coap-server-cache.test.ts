@@ -1,0 +1,41 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import type { Server } from 'coap';
+import { closeQuietly, createCoapServer, listenCoapServer } from '../../src/coap/server.js';
+import { MeshClient } from '../../src/coap/client/index.js';
+
+/**
+ * The library caches every answer with the sender that transmitted it. For
+ * answers it never retransmits, our server releases the sender's timer and
+ * listeners (which hold the whole request and response) once it is sent;
+ * duplicates are still answered from the cached bytes.
+ */
+const cleanups: Array<() => Promise<void> | void> = [];
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+});
+
+interface CachedEntry {
+  sender?: { _timer?: { _destroyed?: boolean }; listenerCount(event: string): number };
+}
+
+describe('coap server answer cache', () => {
+  it('keeps piggybacked answers cached but drops their timers and listeners', async () => {
+    const server: Server = createCoapServer('::1');
+    server.on('request', (_req, res) => res.end('ok'));
+    const port = await listenCoapServer(server, 0, '::1');
+    cleanups.push(() => closeQuietly(server));
+    const client = await MeshClient.open({ bind: '::1' });
+    cleanups.push(() => client.close());
+    for (let i = 0; i < 20; i += 1) {
+      const response = await client.request({ peer: { address: '::1', port }, method: 'GET', path: `/r${i}` });
+      expect(response.payload.toString()).toBe('ok');
+    }
+    const entries = [...(server._lru as unknown as { values(): IterableIterator<CachedEntry> }).values()];
+    expect(entries).toHaveLength(20);
+    for (const entry of entries) {
+      expect(entry.sender).toBeDefined();
+      expect(entry.sender!.listenerCount('error')).toBe(0);
+      expect(entry.sender!._timer?._destroyed).toBe(true);
+    }
+  });
+});
