@@ -7,6 +7,8 @@
 //             batches), wired as the ami-mesh-endpoint node wires them, with its
 //             admission control (at most 128 registrations being written at once,
 //             5.03 + Max-Age beyond that)
+//   appliance `ami-gateway start` (Node-RED, the default flow, its store) with its
+//             directory as deployed (Max-Age 20-40 s); peak RSS from the kernel (VmHWM)
 // The server under test runs in a child process of its own (its RSS is sampled
 // there, so the figure is the server's alone), the meters in another (MeterFleet
 // from dist/, one UDP socket per meter, serve: false, no readings). A meter's
@@ -15,8 +17,8 @@
 // (BENCH_RETRY_AFTER=1); the node uses 20 s (20-40 s), which stretches the tail
 // of a real storm accordingly. Not a test: nothing asserts timings, but the
 // registrations stored are counted and any loss is reported (exit code 1).
-import { fork } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { fork, spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { createRequire } from 'node:module';
@@ -106,6 +108,58 @@ async function serveBaseline() {
     const rssPeakBytes = peak();
     server.close();
     process.send({ rssPeakBytes, inMemory: registered.size, stored: registered.size, deferred: 0, refused: 0 }, () => process.exit(0));
+  });
+}
+
+/** VmRSS / VmHWM (peak RSS, kept by the kernel) of a process, in bytes. */
+function procMemory(pid) {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const kib = (name) => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? NaN) * 1024;
+  return { rss: kib('VmRSS'), peak: kib('VmHWM') };
+}
+
+/**
+ * The whole appliance (`ami-gateway start`: Node-RED, the default flow, the
+ * store) with no simulated meters of its own. Its peak RSS is the kernel's
+ * high-water mark; the registrations stored are counted from its LevelDB
+ * after it has stopped.
+ */
+async function serveAppliance() {
+  const dataDir = mkdtempSync(path.join(os.tmpdir(), 'ami-bench-rd-appliance-'));
+  const meshPort = 26683 + Math.floor(Math.random() * 1000);
+  const httpPort = 22880 + Math.floor(Math.random() * 1000);
+  const gateway = spawn(process.execPath, [path.join(root, 'bin/ami-gateway.js'), 'start'], {
+    env: { ...process.env, AMI_DATA_DIR: dataDir, AMI_MESH_PORT: String(meshPort), AMI_HTTP_PORT: String(httpPort), AMI_SIM_METERS: '0', AMI_LOG_LEVEL: 'warn' },
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
+  const exited = new Promise((resolve) => gateway.once('exit', resolve));
+  // Up once its health answers and the mesh endpoint reports no problem (registry loaded, socket open).
+  for (let attempt = 0; ; attempt += 1) {
+    try {
+      const health = await (await fetch(`http://127.0.0.1:${httpPort}/ami/health`)).json();
+      if (health.hesEndpoint && !(health.problems ?? []).some((p) => /mesh/.test(p))) break;
+    } catch {
+      // not listening yet
+    }
+    if (attempt > 600) throw new Error('the appliance did not come up within 60 s');
+    await new Promise((resolve) => setTimeout(resolve, 100)); // no event to await across processes
+  }
+  const idle = procMemory(gateway.pid);
+  process.send({ port: meshPort, idleRss: idle.rss });
+  process.once('message', async () => {
+    const { peak } = procMemory(gateway.pid);
+    gateway.kill('SIGTERM');
+    await exited;
+    const { acquireDatabase } = dist('store/database.js');
+    const { MeterRegistry } = dist('mesh/registry.js');
+    const lease = await acquireDatabase(path.join(dataDir, 'ami-store'));
+    const registry = await MeterRegistry.open(lease.db, { maxMeters: MAX_METERS });
+    const stored = registry.size;
+    await registry.close();
+    await lease.release();
+    rmSync(dataDir, { recursive: true, force: true });
+    // No directory counters from outside the process: the 5.03 column shows what the meters counted.
+    process.send({ rssPeakBytes: peak, inMemory: stored, stored }, () => process.exit(0));
   });
 }
 
@@ -199,12 +253,12 @@ async function storm(label) {
 }
 
 if (mode === 'server') {
-  await (variant === 'gateway' ? serveGateway() : serveBaseline());
+  await (variant === 'gateway' ? serveGateway() : variant === 'appliance' ? serveAppliance() : serveBaseline());
 } else if (mode === 'meters') {
   await runMeters(Number(portArg));
 } else {
-  const results = [await storm('baseline'), await storm('gateway')];
-  const [base, gateway] = results;
+  const results = [await storm('baseline'), await storm('gateway'), await storm('appliance')];
+  const [base, gateway, appliance] = results;
   const mib = (bytes) => (bytes / 1024 / 1024).toFixed(1);
   console.log(`reconnect storm: ${METERS} meters register at once, loopback, node ${process.version}, ${os.cpus().length} cores`);
   console.log(
@@ -222,10 +276,14 @@ if (mode === 'server') {
     `ratio gateway/baseline: all registered ${(gateway.allMs / base.allMs).toFixed(2)}x, p50 ${(gateway.p50 / base.p50).toFixed(2)}x, p99 ${(gateway.p99 / base.p99).toFixed(2)}x`,
   );
   console.log(
-    `RSS: the server process alone (the meters run in another process); socket receive buffer granted: ${Math.round((gateway.receiveBufferBytes ?? 0) / 1024)} KiB (baseline ${Math.round((base.receiveBufferBytes ?? 0) / 1024)} KiB)`,
+    `ratio appliance/baseline: all registered ${(appliance.allMs / base.allMs).toFixed(2)}x, p99 ${(appliance.p99 / base.p99).toFixed(2)}x; the appliance's directory uses the node's Max-Age (20-40 s)`,
+  );
+  console.log(
+    `RSS: the server process alone (the meters run in another process; appliance: the kernel's peak, VmHWM, Node-RED included); socket receive buffer granted: ${Math.round((gateway.receiveBufferBytes ?? 0) / 1024)} KiB (baseline ${Math.round((base.receiveBufferBytes ?? 0) / 1024)} KiB)`,
   );
   console.log(`5.03 answered by the directory: ${gateway.deferred}; counted by the meters: ${gateway.fleetDeferred}`);
   const lost = METERS - gateway.stored;
   console.log(`registrations lost: ${lost} (${gateway.stored} of ${METERS} in LevelDB after closing and reopening the registry)`);
-  if (lost !== 0 || base.stored !== METERS) process.exitCode = 1;
+  console.log(`appliance registrations lost: ${METERS - appliance.stored} (${appliance.stored} of ${METERS} in its LevelDB after it stopped)`);
+  if (lost !== 0 || base.stored !== METERS || appliance.stored !== METERS) process.exitCode = 1;
 }
