@@ -8,6 +8,8 @@ import { decodeReading, readingKey, ReadingFormatError, type MeterReading } from
 import { forgetExchange, registerExchange, type ExchangeOutcome } from './exchanges.js';
 import { datagramHeader, inspectDatagram, resetMessage, type MalformedReason } from './datagram.js';
 import { MessageDeduplicator, type DeduplicatorOptions } from './deduplicator.js';
+import { Block1Assembler } from './block1.js';
+import type { CoapPacket } from 'coap';
 
 const CONTENT_FORMAT_OCTET_STREAM = 42;
 
@@ -114,7 +116,10 @@ export function dlmsFrameKey(frame: Uint8Array): string {
 }
 
 /** Why a request was refused, as counted and logged. */
-export type MeshRejectReason = ReadingFormatError['code'] | 'NOT_FOUND' | 'METHOD_NOT_ALLOWED' | 'EMPTY_FRAME' | 'REFUSED_BY_FLOW';
+export type MeshRejectReason = ReadingFormatError['code'] | 'NOT_FOUND' | 'METHOD_NOT_ALLOWED' | 'EMPTY_FRAME' | 'REFUSED_BY_FLOW' | 'BLOCKWISE';
+
+/** Larger than any reading or DLMS frame a meter sends block-wise (DLMS frames stop at 4 KiB). */
+export const MAX_BLOCKWISE_BODY_BYTES = 16 * 1024;
 
 export interface MeshEndpointEvents {
   listening: [address: { address: string; port: number; receiveBufferBytes?: number }];
@@ -165,6 +170,9 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
   private readonly resources = new Set<MeshResource>();
   /** Readings waiting for acceptance, by meter and reading id, so a repeat joins the first. */
   private readonly pending = new Map<string, PendingReading>();
+  /** Block1 options taken off requests before the library saw them: the endpoint reassembles bodies itself. */
+  private readonly block1Options = new WeakMap<CoapPacket, Buffer>();
+  private readonly block1 = new Block1Assembler({ maxBodyBytes: MAX_BLOCKWISE_BODY_BYTES, maxUploads: 1000, idleMs: 60_000 });
   private boundPort: number | undefined;
   /** Datagrams dropped by the allowlist. */
   dropped = 0;
@@ -227,6 +235,17 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
         },
       },
     );
+    // The library would reassemble Block1 bodies by token, which fails for clients that change the
+    // token per block (libcoap): the option is taken off here and the endpoint reassembles by peer and path.
+    const handlePacket = server._handle.bind(server);
+    server._handle = (packet: CoapPacket, rsinfo: AddressInfo) => {
+      const block1 = packet.options?.find((option) => option.name === 'Block1');
+      if (block1 && typeof packet.code === 'string' && packet.code.startsWith('0.') && Buffer.isBuffer(block1.value)) {
+        this.block1Options.set(packet, block1.value);
+        packet.options = packet.options!.filter((option) => option !== block1);
+      }
+      handlePacket(packet, rsinfo);
+    };
     const deduplicator = new MessageDeduplicator(this.options.deduplication);
     this.deduplicator = deduplicator;
     // Answers the library sends are seen once the socket exists (after listen); until then nothing is sent.
@@ -271,6 +290,7 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
     const server = this.server;
     this.server = undefined;
     this.deduplicator?.clear();
+    this.block1.clear();
     for (const entry of [...this.pending.values()]) {
       this.settle(entry, { accepted: false, reason: 'gateway shutting down' });
     }
@@ -354,6 +374,23 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
   private route(req: IncomingMessage, res: OutgoingMessage): void {
     const peer = { address: req.rsinfo.address, port: req.rsinfo.port };
     const [path = '', query = ''] = req.url.split('?');
+    const block1 = this.block1Options.get(req._packet);
+    if (block1) {
+      const result = this.block1.accept(`${peer.address}|${peer.port}|${req.method}|${path}`, block1, req.payload, uintOption(req, 'Size1'));
+      if (result.kind === 'refused') {
+        if (result.code === '5.03') res.setOption('Max-Age', this.options.retryAfterSeconds);
+        this.refuse(res, result.code, result.code === '4.13' ? 'TOO_LARGE' : 'BLOCKWISE', result.message, peer);
+        return;
+      }
+      res.setOption('Block1', result.block);
+      if (result.kind === 'continue') {
+        res.code = '2.31';
+        res.end();
+        return;
+      }
+      // The whole body: the request is handled as if it had come in one piece.
+      (req as { payload: Buffer }).payload = result.body;
+    }
     for (const resource of this.resources) {
       if (!resource.matches(path)) continue;
       try {

@@ -120,10 +120,24 @@ export function observeOutgoing(server: Server, observe: OutgoingObserver): ((da
         observe(message, third, second);
       }
     }
-    (send as (...sendArgs: unknown[]) => void)(...args);
+    sendWhileOpen(send, args);
   };
   socket.send = observed as Socket['send'];
-  return (datagram, port, address) => send(datagram, port, address);
+  return (datagram, port, address) => sendWhileOpen(send, [datagram, port, address]);
+}
+
+/**
+ * The library's timers (the piggyback window's empty ACK, retransmissions of
+ * separate responses) may fire after the socket closed; dgram throws
+ * ERR_SOCKET_DGRAM_NOT_RUNNING from a timer then, which would take the whole
+ * process down. A datagram for a closed socket has nowhere to go: drop it.
+ */
+function sendWhileOpen(send: Socket['send'], args: unknown[]): void {
+  try {
+    (send as (...sendArgs: unknown[]) => void)(...args);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ERR_SOCKET_DGRAM_NOT_RUNNING') throw err;
+  }
 }
 
 /**
