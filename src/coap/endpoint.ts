@@ -236,13 +236,15 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
       },
     );
     // The library would reassemble Block1 bodies by token, which fails for clients that change the
-    // token per block (libcoap): the option is taken off here and the endpoint reassembles by peer and path.
+    // token per block (libcoap): the option is taken off here and the endpoint reassembles by peer and
+    // path. Observe goes too: nothing here is observable, and the library would otherwise keep an
+    // observer stream open for each such request (RFC 7641 section 4.1: the option is then ignored).
     const handlePacket = server._handle.bind(server);
     server._handle = (packet: CoapPacket, rsinfo: AddressInfo) => {
-      const block1 = packet.options?.find((option) => option.name === 'Block1');
-      if (block1 && typeof packet.code === 'string' && packet.code.startsWith('0.') && Buffer.isBuffer(block1.value)) {
-        this.block1Options.set(packet, block1.value);
-        packet.options = packet.options!.filter((option) => option !== block1);
+      if (typeof packet.code === 'string' && packet.code.startsWith('0.') && packet.options) {
+        const block1 = packet.options.find((option) => option.name === 'Block1');
+        if (block1 && Buffer.isBuffer(block1.value)) this.block1Options.set(packet, block1.value);
+        packet.options = packet.options.filter((option) => option.name !== 'Block1' && option.name !== 'Observe');
       }
       handlePacket(packet, rsinfo);
     };

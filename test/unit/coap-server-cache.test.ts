@@ -1,3 +1,5 @@
+import { createSocket } from 'node:dgram';
+import { parse } from 'coap-packet';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { Server } from 'coap';
 import { closeQuietly, createCoapServer, listenCoapServer } from '../../src/coap/server.js';
@@ -17,6 +19,29 @@ afterEach(async () => {
 interface CachedEntry {
   sender?: { _timer?: { _destroyed?: boolean }; listenerCount(event: string): number };
 }
+
+describe('coap server errors', () => {
+  it('answers a request the library fails on to its sender, as a bare ACK 5.00 without the error text', async () => {
+    const server: Server = createCoapServer('127.0.0.1');
+    const port = await listenCoapServer(server, 0, '127.0.0.1');
+    cleanups.push(() => closeQuietly(server));
+    const sender = createSocket('udp4');
+    await new Promise<void>((resolve) => sender.bind(0, '127.0.0.1', () => resolve()));
+    cleanups.push(() => new Promise<void>((resolve) => sender.close(() => resolve())));
+    const answer = new Promise<Buffer>((resolve) => sender.once('message', resolve));
+    // The library's hook for a request it failed on (a middleware threw), as it calls it.
+    server._sendError(
+      Buffer.from('internal detail'),
+      { address: '127.0.0.1', port: sender.address().port, family: 'IPv4' },
+      { code: '0.02', confirmable: true, messageId: 0x0505, token: Buffer.from('t1') },
+    );
+    const packet = parse(await answer);
+    expect(packet).toMatchObject({ ack: true, code: '5.00', messageId: 0x0505 });
+    expect(packet.token.toString()).toBe('t1');
+    expect(packet.payload.length).toBe(0);
+    expect(port).toBeGreaterThan(0);
+  });
+});
 
 describe('coap server answer cache', () => {
   it('keeps piggybacked answers cached but drops their timers and listeners', async () => {

@@ -187,8 +187,9 @@ describe('MeshEndpoint under a storm of malformed datagrams', () => {
     expect(await answer).toMatchObject({ ack: true, code: '2.04' });
   });
 
-  it('answers a well-framed request the coap library cannot process (a 4-byte Block1) with an ACK 5.00 to the sender, and counts it', async () => {
-    const malformedBefore = endpoint.malformed;
+  it('refuses a well-framed request with a malformed Block1 (4 bytes) with an ACK 4.00 and says why', async () => {
+    const rejected: string[] = [];
+    endpoint.on('rejected', (reason, message) => rejected.push(`${reason}: ${message}`));
     const token = Buffer.from('block1');
     const answer = answerTo(token);
     client.send(
@@ -197,9 +198,9 @@ describe('MeshEndpoint under a storm of malformed datagrams', () => {
       '::1',
     );
     const packet = await answer;
-    // An ACK ends the meter's retransmissions; the library's error text stays inside the gateway.
-    expect(packet).toMatchObject({ ack: true, code: '5.00', messageId: 0xfff1 });
-    expect(packet.payload.length).toBe(0);
-    expect(endpoint.malformed - malformedBefore).toBe(1);
+    // An ACK ends the meter's retransmissions.
+    expect(packet).toMatchObject({ ack: true, code: '4.00', messageId: 0xfff1 });
+    expect(packet.payload.toString()).toBe('malformed Block1 option');
+    expect(rejected).toEqual(['BLOCKWISE: malformed Block1 option']);
   });
 });
