@@ -12,60 +12,16 @@ import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
+import { driveReadings } from './closed-loop.mjs';
 
-const require = createRequire(import.meta.url);
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-const coap = require('coap');
-const { coapCall, closeAgent } = require(path.join(root, 'dist/src/coap/request.js'));
-const { encodeReading, CONTENT_FORMAT } = require(path.join(root, 'dist/src/coap/reading.js'));
 
 const CLIENTS = Number(process.env.BENCH_CLIENTS ?? 50);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
 
-async function drive(port, label) {
-  const agents = Array.from({ length: CLIENTS }, () => new coap.Agent({ type: 'udp6' }));
-  let done = 0;
-  let failed = 0;
-  const reasons = new Map();
-  const latencies = [];
-  const deadline = Date.now() + SECONDS * 1000;
-  const started = Date.now();
-  await Promise.all(
-    agents.map(async (agent, i) => {
-      let seq = 0;
-      while (Date.now() < deadline) {
-        seq += 1;
-        const reading = { id: `${label}-${seq}`, meter: `bench-${i}`, ts: Date.now(), values: [{ obis: '1.0.1.8.0.255', value: seq, unit: 'Wh' }] };
-        const t0 = process.hrtime.bigint();
-        try {
-          const res = await coapCall(`coap://[::1]:${port}/readings`, {
-            method: 'POST',
-            payload: encodeReading(reading),
-            contentFormat: CONTENT_FORMAT.cbor,
-            timeoutMs: 10_000,
-            agent,
-          });
-          if (res.code === '2.04') {
-            done += 1;
-            latencies.push(Number(process.hrtime.bigint() - t0) / 1e6);
-          } else {
-            failed += 1;
-            reasons.set(res.code, (reasons.get(res.code) ?? 0) + 1);
-          }
-        } catch (err) {
-          failed += 1;
-          reasons.set(err.code ?? err.message, (reasons.get(err.code ?? err.message) ?? 0) + 1);
-        }
-      }
-    }),
-  );
-  const seconds = (Date.now() - started) / 1000;
-  await Promise.all(agents.map((agent) => closeAgent(agent)));
-  latencies.sort((a, b) => a - b);
-  const pct = (p) => (latencies.length ? latencies[Math.min(latencies.length - 1, Math.floor(latencies.length * p))] : NaN);
-  return { label, perSecond: done / seconds, done, failed, reasons, p50: pct(0.5), p99: pct(0.99) };
+function drive(port, label) {
+  return driveReadings(port, label, { clients: CLIENTS, seconds: SECONDS });
 }
 
 /** Starts test/bench/server.mjs VARIANT in a child process and resolves with its port and a stop function. */
