@@ -218,7 +218,7 @@ describe('Node-RED editor of the appliance (Chromium)', () => {
     // What the editor's examples browser reads (editor-api: GET /library/:library/:type/*).
     const listing = await fetch(`${appliance!.baseUrl}/library/examples/flows/${MODULE}`);
     expect(listing.status).toBe(200);
-    expect(await listing.json()).toEqual(expect.arrayContaining([{ fn: 'default-appliance' }, { fn: 'send-test-reading' }]));
+    expect(await listing.json()).toEqual(expect.arrayContaining([{ fn: 'default-appliance' }, { fn: 'send-test-reading' }, { fn: 'read-meters' }]));
 
     await page.locator('#red-ui-header-button-sidemenu').click();
     await page.locator('#menu-item-import').click();
@@ -229,7 +229,7 @@ describe('Node-RED editor of the appliance (Chromium)', () => {
     await examples.waitFor({ state: 'visible' });
     const moduleFolder = examples.locator('.red-ui-treeList-label', { hasText: MODULE });
     await moduleFolder.click();
-    for (const file of ['default-appliance', 'send-test-reading']) {
+    for (const file of ['default-appliance', 'send-test-reading', 'read-meters']) {
       await examples.locator('.red-ui-treeList-label-text', { hasText: new RegExp(`^${file}$`) }).waitFor({ state: 'visible' });
     }
     await page.screenshot({ path: shot('import-examples'), scale: 'css' });

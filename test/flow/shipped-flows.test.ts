@@ -5,6 +5,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { coapCall } from '../../src/coap/request.js';
 import { CONTENT_FORMAT, encodeReading } from '../../src/coap/reading.js';
 import { HesSimulator } from '../../src/sim/hes.js';
+import { MeterFleet } from '../../src/sim/meters.js';
 import { SimulatedCosemMeter } from '../../src/sim/cosem-meter.js';
 import { DEFAULT_SIM_KEY_SEED, simMeterKeys } from '../../src/sim/meter-keys.js';
 import { dlmsRecordKey } from '../../src/hes/records.js';
@@ -153,5 +154,61 @@ describe('shipped flows', () => {
     const key = await stored;
     expect(key).toMatch(/^test-meter\/test-\d+$/);
     expect((await delivered).hes).toEqual({ endpoint: hes.url, key });
+  });
+
+  it('read-meters.json reports meters joining, reads one by name (a block-wise load profile too) and observes another', async () => {
+    const meshPort = await freeUdpPort();
+    process.env.AMI_MESH_PORT = String(meshPort);
+    await helper.load(modules, readFlow('read-meters.json'));
+    const node = (id: string) => {
+      const found = helper.getNode(id);
+      if (!found) throw new Error(`no node ${id}`);
+      return found;
+    };
+    const events: Array<{ topic: string; meter: string }> = [];
+    const joinedBoth = new Promise<void>((resolve) => {
+      node('c3e0c0de00000008').on('input', (msg: unknown) => {
+        events.push(msg as { topic: string; meter: string });
+        if (events.filter((e) => e.topic === 'joined').length === 2) resolve();
+      });
+    });
+    // Two simulated meters join the directory and serve /status and /lp, as under `npm start`.
+    const fleet = new MeterFleet({ count: 2, gateway: `coap://[::1]:${meshPort}`, intervalMs: 3_600_000, readings: false, register: true, serve: true, statusIntervalMs: 200 });
+    await fleet.start();
+    try {
+      await joinedBoth;
+      expect(events.map((e) => e.meter).sort()).toEqual(['mtr-000001', 'mtr-000002']);
+
+      const answers = node('c3e0c0de00000006');
+      const status = nextInput(answers);
+      node('c3e0c0de00000002').receive({});
+      const read = (await status) as { payload: { power: string; relay: string }; coap: { code: string }; meter: string };
+      expect(read.coap.code).toBe('2.05');
+      expect(read.meter).toBe('mtr-000001');
+      expect(read.payload).toMatchObject({ power: expect.any(String), relay: expect.any(String) });
+
+      const profile = nextInput(answers);
+      node('c3e0c0de00000003').receive({});
+      const lp = (await profile) as { coap: { code: string; exchanges: number } };
+      expect(lp.coap.code).toBe('2.05');
+      expect(lp.coap.exchanges).toBeGreaterThan(1);
+
+      // Observing: the registration's answer and at least one notification.
+      const notifications: Array<{ coap: { observe?: number } }> = [];
+      const two = new Promise<void>((resolve) => {
+        answers.on('input', (raw: unknown) => {
+          const msg = raw as { coap: { observe?: number }; meter: string };
+          if (msg.meter !== 'mtr-000002') return;
+          notifications.push(msg);
+          if (notifications.length === 2) resolve();
+        });
+      });
+      node('c3e0c0de00000004').receive({});
+      await two;
+      expect(notifications.every((n) => typeof n.coap.observe === 'number')).toBe(true);
+      node('c3e0c0de00000009').receive({});
+    } finally {
+      await fleet.stop();
+    }
   });
 });
