@@ -1,2 +1,3 @@
 export * from './database.js';
 export * from './group-commit.js';
+export * from './outbox.js';
