@@ -1,3 +1,4 @@
 export * from './contract.js';
 export * from './uplink.js';
 export * from './records.js';
+export * from './drain.js';

@@ -179,29 +179,53 @@ export class HesUplink extends EventEmitter<HesUplinkEvents> {
   }
 
   private async deliver(batch: Queued[]): Promise<void> {
-    const payload = encodeBatch({ gateway: this.options.gateway, records: batch.map((q) => q.record) });
+    let outcome: { accepted: Set<string>; endpoint: string };
+    try {
+      outcome = await this.postBatch(batch.map((q) => q.record));
+    } catch (err) {
+      const error = err instanceof HesUplinkError ? err : new HesUplinkError('UNAVAILABLE', (err as Error).message);
+      for (const entry of batch) this.settle(entry, error);
+      return;
+    }
+    for (const entry of batch) {
+      this.settle(
+        entry,
+        outcome.accepted.has(entry.record.key) ? undefined : new HesUplinkError('REJECTED', `HES did not accept record ${entry.record.key}`),
+      );
+    }
+  }
+
+  /**
+   * Posts one batch (at most MAX_BATCH_RECORDS, its acknowledgement within
+   * MAX_ACK_BYTES: see batchLength) to the HES sites in order, starting with
+   * the active one, and resolves with the keys the HES accepted. Rejects with
+   * UNAVAILABLE when no site answered, REJECTED when one refused the batch
+   * (4.xx), CLOSED when the uplink closed meanwhile. Emits 'delivered' and
+   * 'failed' as a submitted batch does.
+   */
+  async postBatch(records: HesRecord[]): Promise<{ accepted: Set<string>; endpoint: string }> {
+    if (this.closed) throw new HesUplinkError('CLOSED', 'HES uplink is closed');
+    const payload = encodeBatch({ gateway: this.options.gateway, records });
     const failures: string[] = [];
     const count = this.options.endpoints.length;
     for (let attempt = 0; attempt < count; attempt++) {
       const index = (this.activeIndex + attempt) % count;
       try {
-        if ((await this.deliverTo(index, payload, batch)) === 'done') return;
+        const outcome = await this.deliverTo(index, payload, records);
+        if (outcome) return outcome;
       } catch (err) {
+        if (err instanceof HesUplinkError) throw err;
         if (this.closed) break;
         failures.push(`${this.options.endpoints[index]}: ${(err as Error).message}`);
       }
     }
-    if (this.closed) {
-      const closed = new HesUplinkError('CLOSED', 'HES uplink closed during delivery');
-      for (const entry of batch) this.settle(entry, closed);
-      return;
-    }
+    if (this.closed) throw new HesUplinkError('CLOSED', 'HES uplink closed during delivery');
     const error = new HesUplinkError('UNAVAILABLE', `no HES accepted the batch (${failures.join('; ')})`);
-    this.emit('failed', error, batch.length);
-    for (const entry of batch) this.settle(entry, error);
+    this.emit('failed', error, records.length);
+    throw error;
   }
 
-  /** Tells a submitter the outcome of its record; it no longer counts as waiting. */
+/** Tells a submitter the outcome of its record; it no longer counts as waiting. */
   private settle(entry: Queued, error?: HesUplinkError): void {
     this.inFlight = Math.max(0, this.inFlight - 1);
     if (error) entry.reject(error);
@@ -215,8 +239,8 @@ export class HesUplink extends EventEmitter<HesUplinkEvents> {
     this.emit('endpoint', this.activeEndpoint);
   }
 
-  /** 'done' when this endpoint gave a final answer for the batch, 'next' to try another. */
-  private async deliverTo(index: number, payload: Buffer, batch: Queued[]): Promise<'done' | 'next'> {
+  /** The accepted keys when this site gave a final answer; throws (plain Error) to try the next site. */
+  private async deliverTo(index: number, payload: Buffer, records: HesRecord[]): Promise<{ accepted: Set<string>; endpoint: string }> {
     const endpoint = this.options.endpoints[index] as string;
     const response = await coapCall(hesResourceUrl(endpoint, RECORDS_PATH), {
       method: 'POST',
@@ -235,15 +259,8 @@ export class HesUplink extends EventEmitter<HesUplinkEvents> {
         throw err;
       }
       this.activate(index);
-      const delivered = batch.filter((entry) => accepted.has(entry.record.key)).map((entry) => entry.record);
-      this.emit('delivered', delivered, endpoint);
-      for (const entry of batch) {
-        this.settle(
-          entry,
-          accepted.has(entry.record.key) ? undefined : new HesUplinkError('REJECTED', `HES did not accept record ${entry.record.key}`),
-        );
-      }
-      return 'done';
+      this.emit('delivered', records.filter((record) => accepted.has(record.key)), endpoint);
+      return { accepted, endpoint };
     }
     if (response.code.startsWith('4.')) {
       const error = new HesUplinkError(
@@ -251,9 +268,8 @@ export class HesUplink extends EventEmitter<HesUplinkEvents> {
         `HES refused the batch with ${response.code}: ${response.payload.toString('utf8').slice(0, 200)}`,
       );
       this.activate(index);
-      this.emit('failed', error, batch.length);
-      for (const entry of batch) this.settle(entry, error);
-      return 'done';
+      this.emit('failed', error, records.length);
+      throw error;
     }
     throw new Error(`answered ${response.code}${response.maxAge === undefined ? '' : ` (Max-Age ${response.maxAge})`}`);
   }

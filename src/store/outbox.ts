@@ -131,6 +131,11 @@ export class Outbox {
     this.now = options.now ?? Date.now;
   }
 
+  /** Records waiting, all classes (in flight included). */
+  get depth(): number {
+    return this.meta.records[0] + this.meta.records[1] + this.meta.records[2];
+  }
+
   static async open(db: GatewayDatabase, options: OutboxOptions): Promise<Outbox> {
     if (!(options.maxBytes > 0)) throw new RangeError('outbox maxBytes must be positive');
     const stored = await openSublevel(db, 'outbox-meta').get(META_KEY);
