@@ -6,14 +6,30 @@ import { gatewayHealth } from '../../src/appliance/health.js';
 import { ConfigUsers } from '../shared/config-users.js';
 import { NodeConfigError, numberProperty, stringProperty } from '../shared/settings-values.js';
 import { registerHealthRoute } from '../shared/health-route.js';
-import type { HesEndpointNode } from '../shared/types.js';
+import type { HesEndpointNode, StoreNode } from '../shared/types.js';
+import { Outbox, OutboxError } from '../../src/store/outbox.js';
+import { OutboxDrain, outboxEntryFor } from '../../src/hes/drain.js';
+import type { DatabaseLease } from '../../src/store/database.js';
 
 interface HesEndpointDef extends NodeDef {
   primary: string;
   secondary: string;
   gatewayId: string;
   timeout: string;
+  /**
+   * Optional: with a store, records go to a durable outbox on disk first (the
+   * meter is acknowledged once its record is there) and are sent from it.
+   */
+  store?: string;
+  /** Disk budget of the outbox, MiB (default 256). */
+  budget?: string;
 }
+
+const DEFAULT_BUDGET_MIB = 256;
+const DAY_MS = 86_400_000;
+/** How long each class may wait for the HES before it is dropped (and counted). */
+const OUTBOX_TTL_MS = { alarm: 30 * DAY_MS, event: 14 * DAY_MS, metrology: 7 * DAY_MS };
+const SWEEP_EVERY_MS = 60_000;
 
 export = function register(RED: NodeAPI): void {
   registerHealthRoute(RED);
@@ -27,6 +43,10 @@ export = function register(RED: NodeAPI): void {
     let configError: string | undefined;
     const removers: Array<() => void> = [];
     let delivered = 0;
+    const store = def.store ? (RED.nodes.getNode(def.store) as StoreNode | null) : null;
+    let budgetBytes = DEFAULT_BUDGET_MIB * 1024 * 1024;
+    let durable: Promise<{ outbox: Outbox; drain: OutboxDrain; lease: DatabaseLease }> | undefined;
+    let sweepTimer: NodeJS.Timeout | undefined;
 
     const endpoints = [stringProperty(def.primary), stringProperty(def.secondary)].filter((url) => url !== '');
     let requestTimeoutMs: number = DEFAULT_UPLINK_OPTIONS.requestTimeoutMs;
@@ -40,12 +60,15 @@ export = function register(RED: NodeAPI): void {
         }
       }
       requestTimeoutMs = numberProperty('Timeout', def.timeout, DEFAULT_UPLINK_OPTIONS.requestTimeoutMs, 100, 120_000);
+      budgetBytes = numberProperty('Outbox budget', def.budget, DEFAULT_BUDGET_MIB, 1, 1_000_000) * 1024 * 1024;
+      if (def.store && !store) throw new NodeConfigError('the chosen store does not exist');
     } catch (err) {
       configError = (err as Error).message;
       node.error(`${RED._('ami-hes-endpoint.errors.config')}: ${configError}`);
     }
 
     node.sites = endpoints;
+    node.durable = store !== null;
     node.gatewayId = stringProperty(def.gatewayId, os.hostname());
 
     function open(): void {
@@ -74,17 +97,67 @@ export = function register(RED: NodeAPI): void {
         users.status({ fill: 'red', shape: 'ring', text: RED._('ami-hes-endpoint.status.unavailable', { depth: link.depth }) });
       });
       link.on('endpoint', (endpoint) => node.log(RED._('ami-hes-endpoint.log.switched', { endpoint })));
-      removers.push(gatewayHealth.addDepthSource(() => link.depth));
+      if (store) {
+        durable = openOutbox(store, link);
+        durable.catch((err: Error) => {
+          gatewayHealth.setProblem(`${healthKey} outbox`, err.message);
+          node.error(`${RED._('ami-hes-endpoint.errors.outbox')}: ${err.message}`);
+        });
+      } else {
+        removers.push(gatewayHealth.addDepthSource(() => link.depth));
+      }
       removers.push(gatewayHealth.addEndpointSource(() => link.activeEndpoint));
       users.status({ fill: 'yellow', shape: 'ring', text: RED._('ami-hes-endpoint.status.ready', { endpoint: link.activeEndpoint }) });
+    }
+
+    /** The durable outbox in the store and the drain that empties it into `link`. */
+    async function openOutbox(storeNode: StoreNode, link: HesUplink): Promise<{ outbox: Outbox; drain: OutboxDrain; lease: DatabaseLease }> {
+      const lease = await storeNode.acquire();
+      let outbox: Outbox;
+      try {
+        outbox = await Outbox.open(lease.db, { maxBytes: budgetBytes, ttlMs: OUTBOX_TTL_MS });
+      } catch (err) {
+        await lease.release();
+        throw err;
+      }
+      const drain = new OutboxDrain(outbox, link);
+      drain.on('failed', (err, count, retryInMs) => {
+        users.status({ fill: 'red', shape: 'ring', text: RED._('ami-hes-endpoint.status.unavailable', { depth: outbox.depth }) });
+        node.debug(`${count} record(s) stay in the outbox (${err.code}); next try in ${Math.round(retryInMs / 1000)} s`);
+      });
+      drain.on('unreadable', (key) => node.warn(`removed an unreadable outbox record ${key}`));
+      removers.push(gatewayHealth.addDepthSource(() => outbox.depth));
+      sweepTimer = setInterval(() => {
+        outbox.sweep().then(
+          (expired) => {
+            if (expired > 0) node.warn(RED._('ami-hes-endpoint.errors.expired', { count: expired }));
+          },
+          (err: Error) => node.error(err.message),
+        );
+      }, SWEEP_EVERY_MS);
+      sweepTimer.unref();
+      drain.start();
+      const waiting = outbox.depth;
+      if (waiting > 0) node.log(RED._('ami-hes-endpoint.log.backlog', { count: waiting }));
+      return { outbox, drain, lease };
     }
 
     async function close(): Promise<void> {
       for (const remove of removers.splice(0)) remove();
       gatewayHealth.setProblem(healthKey, undefined);
+      gatewayHealth.setProblem(`${healthKey} outbox`, undefined);
+      clearInterval(sweepTimer);
       const closing = uplink;
       uplink = undefined;
-      await closing?.close();
+      const opened = durable;
+      durable = undefined;
+      const parts = await opened?.catch(() => undefined);
+      // The uplink closes first: it aborts a batch in flight, which ends the drain's loop.
+      const uplinkClosed = closing?.close();
+      await parts?.drain.stop();
+      await uplinkClosed;
+      await parts?.outbox.close();
+      await parts?.lease.release();
     }
 
     node.register = (user) => {
@@ -98,6 +171,17 @@ export = function register(RED: NodeAPI): void {
         throw new HesUplinkError('UNAVAILABLE', configError ?? RED._('ami-hes-endpoint.errors.not-open'));
       }
       const link = uplink;
+      if (durable) {
+        const { outbox, drain } = await durable;
+        try {
+          await outbox.append(outboxEntryFor(record));
+        } catch (err) {
+          if (err instanceof OutboxError && err.code === 'FULL') throw new HesUplinkError('QUEUE_FULL', err.message);
+          throw new HesUplinkError('UNAVAILABLE', (err as Error).message);
+        }
+        drain.wake();
+        return link.activeEndpoint;
+      }
       await link.submit(record);
       return link.activeEndpoint;
     };

@@ -11,7 +11,7 @@ interface HesOutDef extends NodeDef {
 
 interface HesOutMessage extends NodeMessageInFlow {
   exchangeId?: unknown;
-  hes?: { endpoint: string; key: string };
+  hes?: { endpoint: string; key: string } | { key: string; stored: true };
 }
 
 export = function register(RED: NodeAPI): void {
@@ -50,7 +50,8 @@ export = function register(RED: NodeAPI): void {
           if (exchangeId && settleExchange(exchangeId, record.key, { accepted: true }) === 'key-mismatch') {
             node.warn(`${RED._('ami-hes-out.errors.key-mismatch')} ${record.key}`);
           }
-          msg.hes = { endpoint, key: record.key };
+          // Durable: the record is on disk and the outbox sends it; otherwise the HES has it.
+          msg.hes = hes.durable ? { key: record.key, stored: true } : { endpoint, key: record.key };
           send(msg);
           done();
         },

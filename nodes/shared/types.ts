@@ -39,10 +39,16 @@ export interface MeshRegistration {
 export interface HesEndpointNode extends Node {
   register(user: Node): void;
   deregister(user: Node): Promise<void>;
-  /** Resolves with the endpoint once the HES accepted the record; rejects with a HesUplinkError. */
+  /**
+   * Resolves with the active HES endpoint once the HES accepted the record,
+   * or (durable) once the record is in the outbox on disk; rejects with a
+   * HesUplinkError (QUEUE_FULL when the outbox budget is used up).
+   */
   deliver(record: HesRecord): Promise<string>;
   /** The HES sites, primary first, as configured. */
   sites: string[];
+  /** True when records go to the durable outbox: deliver() then resolves once the record is on disk. */
+  durable: boolean;
   /** The gateway's identity towards the HES. */
   gatewayId: string;
 }

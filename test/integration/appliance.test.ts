@@ -126,7 +126,7 @@ describe('ami-gateway start (headless appliance)', () => {
     expect(missing).toEqual([]);
   });
 
-  it('tells meters to retry later (5.03) while the HES is unreachable, and reports itself degraded', async () => {
+  it('keeps readings in the outbox on disk while the HES is unreachable (meters acknowledged), and reports itself degraded', async () => {
     const deadHesPort = await freeUdpPort();
     const appliance = await startApplianceProcess({
       AMI_HES_PRIMARY: `coap://[::1]:${deadHesPort}`,
@@ -135,8 +135,12 @@ describe('ami-gateway start (headless appliance)', () => {
       AMI_SIM_PROTOCOL: 'plain',
     });
     running.push(appliance);
-    const health = await appliance.waitForHealth((h) => h.meshDeferred > 0 && h.status === 'degraded');
+    const health = await appliance.waitForHealth(
+      (h) => h.outboxDepth >= 3 && h.status === 'degraded' && h.problems.some((p) => /no HES accepted the batch/.test(p)),
+    );
     expect(health.hesDelivered).toBe(0);
+    // The meters were told their readings are safe: they are, in the outbox.
+    expect(health.meshDeferred).toBe(0);
     expect(health.problems.join(' ')).toMatch(/no HES accepted the batch/);
     const status = spawnSync(process.execPath, [CLI, 'status'], {
       cwd: REPO_ROOT,
