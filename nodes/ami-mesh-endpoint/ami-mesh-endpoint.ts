@@ -17,7 +17,7 @@ import { formatCoapUrl } from '../../src/coap/url.js';
 import { explainListenError } from '../../src/coap/server.js';
 import { gatewayHealth } from '../../src/appliance/health.js';
 import { ConfigUsers } from '../shared/config-users.js';
-import { NodeConfigError, numberProperty, stringProperty } from '../shared/settings-values.js';
+import { booleanProperty, NodeConfigError, numberProperty, stringProperty } from '../shared/settings-values.js';
 import { MeshAllowlist } from '../../src/mesh/allowlist.js';
 import { registerHealthRoute } from '../shared/health-route.js';
 import type { MeshEndpointNode, StoreNode } from '../shared/types.js';
@@ -73,16 +73,6 @@ function registerMeshRoutes(RED: NodeAPI): void {
     });
     res.json({ endpoints });
   });
-}
-
-/** A checkbox's value, or "true"/"false" from the environment; unset (or an unset ${VAR}) is `fallback`. */
-function booleanProperty(label: string, raw: unknown, fallback: boolean): boolean {
-  if (typeof raw === 'boolean') return raw;
-  const text = stringProperty(raw).toLowerCase();
-  if (text === '') return fallback;
-  if (text === 'true') return true;
-  if (text === 'false') return false;
-  throw new NodeConfigError(`${label} must be true or false, got "${text}"`);
 }
 
 /**
@@ -211,7 +201,8 @@ export = function register(RED: NodeAPI): void {
         });
         void registryOpening.then(() => {
           if (!registry || endpoint !== mesh) return;
-          removers.set('rd', mesh.addResource(rdResource(registry)));
+          const directory = new ResourceDirectory(registry, { maxInFlight: RD_MAX_IN_FLIGHT, retryAfterSeconds: RD_RETRY_AFTER_SECONDS });
+          removers.set('rd', mesh.addResource(directory));
           node.log(RED._('ami-mesh-endpoint.log.registry', { meters: registry.size }));
         });
       }
@@ -242,11 +233,6 @@ export = function register(RED: NodeAPI): void {
       opened.on('removed', (meter, reason) => {
         if (reason === 'expired') node.log(RED._('ami-mesh-endpoint.log.expired', { endpoint: meter.endpoint, reason }));
       });
-    }
-
-    function rdResource(meterRegistry: MeterRegistry): { matches(path: string): boolean; handle: ResourceDirectory['handle'] } {
-      const directory = new ResourceDirectory(meterRegistry, { maxInFlight: RD_MAX_IN_FLIGHT, retryAfterSeconds: RD_RETRY_AFTER_SECONDS });
-      return { matches: (path) => ResourceDirectory.handles(path), handle: (req, res, path, query) => directory.handle(req, res, path, query) };
     }
 
     async function closeRegistry(): Promise<void> {

@@ -21,11 +21,8 @@ function meterContext(endpoint: MeshEndpointNode, address: string, name: string 
   const meter = endpoint.lookupMeter(address, name);
   if (!meter) return {};
   const registration: MeshRegistration = { id: meter.id, endpoint: meter.endpoint, ...(meter.sector !== undefined ? { sector: meter.sector } : {}) };
-  const link: LinkMetrics = {};
-  for (const metric of ['rssi', 'snr', 'lqi', 'hops', 'updatedAt'] as const) {
-    const value = meter.metrics[metric];
-    if (value !== undefined) link[metric] = value;
-  }
+  // The registry's metrics hold only the values reported (no undefined members): a copy is the message's.
+  const link: LinkMetrics = { ...meter.metrics };
   return { registration, ...(Object.keys(link).length > 0 ? { link } : {}) };
 }
 

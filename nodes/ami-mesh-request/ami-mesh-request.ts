@@ -1,5 +1,13 @@
 import type { Node, NodeAPI, NodeDef, NodeMessageInFlow } from 'node-red';
-import { MeshRequestError, type MeshMethod, type MeshResponse, type Observation, type RequestPriority } from '../../src/coap/client/index.js';
+import {
+  MESH_METHODS,
+  MeshRequestError,
+  REQUEST_PRIORITIES,
+  type MeshMethod,
+  type MeshResponse,
+  type Observation,
+  type RequestPriority,
+} from '../../src/coap/client/index.js';
 import { decodeResponsePayload, encodeRequestPayload, resolveMeter } from '../../src/mesh/target.js';
 import type { MeshEndpointNode } from '../shared/types.js';
 
@@ -25,8 +33,8 @@ interface RequestMessage extends NodeMessageInFlow {
   observe?: unknown;
 }
 
-const METHODS: ReadonlySet<string> = new Set(['GET', 'POST', 'PUT', 'DELETE', 'FETCH', 'PATCH', 'iPATCH']);
-const PRIORITIES: ReadonlySet<string> = new Set(['control', 'metrology']);
+const METHODS: ReadonlySet<string> = new Set(MESH_METHODS);
+const PRIORITIES: ReadonlySet<string> = new Set(REQUEST_PRIORITIES);
 
 /** What the flow sees of a response, besides the decoded payload. */
 function coapDetails(response: MeshResponse): Record<string, unknown> {
@@ -55,14 +63,19 @@ export = function register(RED: NodeAPI): void {
     }
     endpoint.register(node, {});
     const observations = new Map<string, Observation>();
+    /** Observations whose registration is on its way, and whether a stop came for them meanwhile. */
+    const registering = new Map<string, { stop: boolean }>();
     let inFlight = 0;
     let failed = 0;
     let lastError: string | undefined;
     let statusTimer: NodeJS.Timeout | undefined;
+    let closed = false;
+    const defaultFormat = def.contentFormat === '' || def.contentFormat === undefined ? undefined : Number(def.contentFormat);
 
     // Many requests at once would redraw the status for each; a few times a second is enough.
     function showStatus(): void {
-      if (statusTimer) return;
+      // After close, requests failing with CLOSED and observations ending must not start the timer again.
+      if (statusTimer || closed) return;
       statusTimer = setTimeout(() => {
         statusTimer = undefined;
         const text = RED._('ami-mesh-request.status.counts', { inFlight, observing: observations.size, failed });
@@ -97,7 +110,7 @@ export = function register(RED: NodeAPI): void {
         if (typeof pathValue !== 'string' || !pathValue.startsWith('/')) throw new MeshRequestError('BAD_REQUEST', 'no path: set the node\'s path or msg.path (starting with /)');
         target = resolveMeter(msg, endpoint.meterRegistry());
         path = `${target.pathPrefix}${pathValue}`;
-        const formatSetting = msg.contentFormat ?? (def.contentFormat === '' || def.contentFormat === undefined ? undefined : Number(def.contentFormat));
+        const formatSetting = msg.contentFormat ?? defaultFormat;
         if (formatSetting !== undefined && (typeof formatSetting !== 'number' || !Number.isInteger(formatSetting) || formatSetting < 0 || formatSetting > 65535)) {
           throw new MeshRequestError('BAD_REQUEST', 'msg.contentFormat must be a Content-Format number');
         }
@@ -109,9 +122,10 @@ export = function register(RED: NodeAPI): void {
       const query = typeof msg.query === 'string' || (Array.isArray(msg.query) && msg.query.every((q) => typeof q === 'string')) ? (msg.query as string | string[]) : undefined;
       const meterName = target.meter?.endpoint ?? (typeof msg.meter === 'string' ? msg.meter : undefined);
       const observationKey = `${meterName ?? `${target.peer.address}|${target.peer.port}`}${path}`;
-      const output = (response: MeshResponse): NodeMessageInFlow => {
+      /** The response as a message: `msg` itself for a single response, a copy per notification. */
+      const output = (response: MeshResponse, copy: boolean): NodeMessageInFlow => {
         const decoded = def.output === 'buffer' ? { value: response.payload } : decodeResponsePayload(response.payload, response.contentFormat);
-        const out = RED.util.cloneMessage(msg) as RequestMessage & Record<string, unknown>;
+        const out = (copy ? RED.util.cloneMessage(msg) : msg) as RequestMessage & Record<string, unknown>;
         out.payload = decoded.value;
         out.coap = { ...coapDetails(response), ...(decoded.decodeError ? { decodeError: decoded.decodeError } : {}) };
         out.peer = response.peer;
@@ -120,6 +134,8 @@ export = function register(RED: NodeAPI): void {
       };
 
       if (msg.observe === false) {
+        const pending = registering.get(observationKey);
+        if (pending) pending.stop = true;
         const observation = observations.get(observationKey);
         observations.delete(observationKey);
         showStatus();
@@ -134,11 +150,22 @@ export = function register(RED: NodeAPI): void {
           try {
             if (msg.observe === true) {
               if (method !== 'GET') throw new MeshRequestError('BAD_REQUEST', 'only GET can observe (RFC 7641)');
-              if (observations.has(observationKey)) throw new MeshRequestError('BAD_REQUEST', `already observing ${observationKey}; send msg.observe = false first`);
-              const observation = await client.observe(
-                { peer: target.peer, path, priority, ...(query ? { query } : {}) },
-                (notification) => send(output(notification)),
-              );
+              if (observations.has(observationKey) || registering.has(observationKey)) {
+                throw new MeshRequestError('BAD_REQUEST', `already observing ${observationKey}; send msg.observe = false first`);
+              }
+              const pending = { stop: false };
+              registering.set(observationKey, pending);
+              let observation: Observation;
+              try {
+                observation = await client.observe(
+                  { peer: target.peer, path, priority, ...(query ? { query } : {}) },
+                  (notification) => send(output(notification, true)),
+                );
+              } finally {
+                registering.delete(observationKey);
+              }
+              // Told to stop (or redeployed) while the meter was answering the registration.
+              if (pending.stop || closed) await observation.cancel();
               if (observation.active) {
                 observations.set(observationKey, observation);
                 observation.once('end', (reason) => {
@@ -160,7 +187,7 @@ export = function register(RED: NodeAPI): void {
                 ...(body.bytes ? { payload: body.bytes } : {}),
                 ...(body.contentFormat !== undefined && body.bytes ? { contentFormat: body.contentFormat } : {}),
               });
-              send(output(response));
+              send(output(response, false));
             }
             lastError = undefined;
             done();
@@ -173,6 +200,7 @@ export = function register(RED: NodeAPI): void {
     });
 
     node.on('close', (done: () => void) => {
+      closed = true;
       clearTimeout(statusTimer);
       const cancels = [...observations.values()].map((o) => o.cancel());
       observations.clear();

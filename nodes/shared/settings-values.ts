@@ -30,3 +30,13 @@ export function stringProperty(raw: unknown, fallback = ''): string {
   if (typeof raw !== 'string' || unset(raw)) return fallback;
   return raw.trim();
 }
+
+/** A checkbox's value, or "true"/"false" from the environment; unset (or an unset ${VAR}) is `fallback`. */
+export function booleanProperty(label: string, raw: unknown, fallback: boolean): boolean {
+  if (typeof raw === 'boolean') return raw;
+  const text = stringProperty(raw).toLowerCase();
+  if (text === '') return fallback;
+  if (text === 'true') return true;
+  if (text === 'false') return false;
+  throw new NodeConfigError(`${label} must be true or false, got "${text}"`);
+}

@@ -1,4 +1,5 @@
 import { parseArgs } from 'node:util';
+import type { MeterSnapshot } from '../mesh/events.js';
 import { bearerToken, KeysUsageError } from './cli-keys.js';
 
 /**
@@ -13,17 +14,8 @@ export class MeshUsageError extends Error {
 export const MAX_HOPS = 8;
 export const MIN_RSSI_DBM = -85;
 
-interface MeterRow {
-  id: string;
-  endpoint: string;
-  sector?: string;
-  address: { address: string; port: number };
-  lastSeen: number;
-  expiresAt: number;
-  metrics: { rssi?: number; lqi?: number; snr?: number; hops?: number };
-  firmware: { comm?: string; metro?: string };
-  tags: Record<string, string>;
-}
+/** What the CLI reads of each meter GET /ami/mesh/meters lists. */
+type MeterRow = Pick<MeterSnapshot, 'id' | 'endpoint' | 'sector' | 'address' | 'lastSeen' | 'expiresAt' | 'metrics' | 'firmware' | 'tags'>;
 
 export async function meshCommand(args: string[], httpPort: number): Promise<{ exitCode: number; output: string }> {
   const [action, ...rest] = args;

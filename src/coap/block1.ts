@@ -73,7 +73,7 @@ export class Block1Assembler {
     if (offset !== 0 && offset === upload.bytes - upload.lastBlockBytes && payload.length === upload.lastBlockBytes) {
       // The same block again as a new request (the client lost our answer): answer it again.
       upload.lastAt = this.now();
-      return block.more ? { kind: 'continue', block: rawBlockFor(block, true) } : this.finish(key, upload, block);
+      return block.more ? { kind: 'continue', block: encodeBlock(block) } : this.finish(key, upload, block);
     }
     if (offset !== upload.bytes) {
       this.uploads.delete(key);
@@ -84,7 +84,7 @@ export class Block1Assembler {
     upload.bytes += payload.length;
     upload.lastBlockBytes = payload.length;
     upload.lastAt = this.now();
-    if (block.more) return { kind: 'continue', block: rawBlockFor(block, true) };
+    if (block.more) return { kind: 'continue', block: encodeBlock(block) };
     return this.finish(key, upload, block);
   }
 
@@ -92,9 +92,10 @@ export class Block1Assembler {
     this.uploads.clear();
   }
 
+  /** `block` is the last one (more unset), echoed as it came. */
   private finish(key: string, upload: Upload, block: BlockOption): Block1Result {
     this.uploads.delete(key);
-    return { kind: 'complete', body: Buffer.concat(upload.parts), block: rawBlockFor(block, false) };
+    return { kind: 'complete', body: Buffer.concat(upload.parts), block: encodeBlock(block) };
   }
 
   private tooLarge(key: string): Block1Result {
@@ -111,8 +112,4 @@ export class Block1Assembler {
       if (now - upload.lastAt > this.options.idleMs) this.uploads.delete(key);
     }
   }
-}
-
-function rawBlockFor(block: BlockOption, more: boolean): Buffer {
-  return encodeBlock({ num: block.num, more, szx: block.szx });
 }

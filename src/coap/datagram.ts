@@ -8,6 +8,8 @@
  * fails is a message format error, counted and never parsed further.
  */
 
+import { generate } from 'coap-packet';
+
 export type CoapMessageType = 'CON' | 'NON' | 'ACK' | 'RST';
 
 const TYPES: readonly CoapMessageType[] = ['CON', 'NON', 'ACK', 'RST'];
@@ -67,16 +69,16 @@ export type FrameInspection = CoapFrame | MalformedFrame;
 
 const URI_PATH = 11;
 const PAYLOAD_MARKER = 0xff;
+const EMPTY = Buffer.alloc(0);
 
 /** Checks the framing of one datagram; never throws. */
 export function inspectDatagram(datagram: Uint8Array): FrameInspection {
   if (datagram.length < 4) return { ok: false, reason: 'TOO_SHORT' };
-  const first = datagram[0]!;
-  if (first >> 6 !== 1) return { ok: false, reason: 'BAD_VERSION' };
-  const type = TYPES[(first >> 4) & 0x03]!;
-  const messageId = (datagram[2]! << 8) | datagram[3]!;
+  const header = datagramHeader(datagram);
+  if (!header) return { ok: false, reason: 'BAD_VERSION' };
+  const { type, messageId } = header;
   const malformed = (reason: MalformedReason): MalformedFrame => ({ ok: false, reason, type, messageId });
-  const tokenLength = first & 0x0f;
+  const tokenLength = datagram[0]! & 0x0f;
   if (tokenLength > 8) return malformed('BAD_TOKEN_LENGTH');
   const code = datagram[1]!;
   const codeClass = code >> 5;
@@ -84,7 +86,7 @@ export function inspectDatagram(datagram: Uint8Array): FrameInspection {
   if (code === 0) {
     if (datagram.length !== 4 || tokenLength !== 0) return malformed('BAD_EMPTY');
     if (type === 'NON') return malformed('BAD_TYPE');
-    return { ok: true, type, codeClass, codeDetail, messageId, isRequest: false, isEmpty: true, firstPathSegment: '', token: Buffer.alloc(0) };
+    return { ok: true, type, codeClass, codeDetail, messageId, isRequest: false, isEmpty: true, firstPathSegment: '', token: EMPTY };
   }
   if (codeClass === 1 || codeClass >= 6) return malformed('RESERVED_CODE');
   const isRequest = codeClass === 0;
@@ -134,10 +136,10 @@ export function inspectDatagram(datagram: Uint8Array): FrameInspection {
 
 /** The Reset message (RFC 7252 section 4.2) that rejects message `messageId`: 4 bytes, no token. */
 export function resetMessage(messageId: number): Buffer {
-  return Buffer.from([0x70, 0x00, (messageId >> 8) & 0xff, messageId & 0xff]);
+  return generate({ code: '0.00', reset: true, messageId, token: EMPTY });
 }
 
-/** Type and message id of an outgoing datagram, when it has a CoAP header. */
+/** Type and message id of a datagram (incoming, or outgoing as the library sends it), when it has a version-1 CoAP header. */
 export function datagramHeader(datagram: Uint8Array): { type: CoapMessageType; messageId: number } | undefined {
   if (datagram.length < 4 || datagram[0]! >> 6 !== 1) return undefined;
   return { type: TYPES[(datagram[0]! >> 4) & 0x03]!, messageId: (datagram[2]! << 8) | datagram[3]! };

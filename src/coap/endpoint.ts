@@ -182,7 +182,8 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
   duplicates = 0;
   /** Datagrams that are not well-formed CoAP. */
   malformed = 0;
-  private deduplicator: MessageDeduplicator | undefined;
+  /** Duplicate detection; emptied when the endpoint stops. */
+  private readonly deduplicator: MessageDeduplicator;
   /** The receive buffer the kernel granted (Linux reports twice what it keeps). */
   receiveBufferBytes: number | undefined;
   private starting: Promise<void> | undefined;
@@ -190,6 +191,7 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
 
   constructor(readonly options: MeshEndpointOptions) {
     super();
+    this.deduplicator = new MessageDeduplicator(options.deduplication);
   }
 
   get port(): number | undefined {
@@ -248,8 +250,6 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
       }
       handlePacket(packet, rsinfo);
     };
-    const deduplicator = new MessageDeduplicator(this.options.deduplication);
-    this.deduplicator = deduplicator;
     // Answers the library sends are seen once the socket exists (after listen); until then nothing is sent.
     let sendRaw: ((datagram: Buffer, port: number, address: string) => void) | undefined;
     // The screen sits in front of the library's datagram handler (installed by listen()), so a
@@ -257,7 +257,7 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
     const handleDatagram = server.handleRequest.bind(server);
     server.handleRequest = () => {
       const handle = handleDatagram();
-      return (message, rsinfo) => this.screen(message, rsinfo, handle, deduplicator, sendRaw, server);
+      return (message, rsinfo) => this.screen(message, rsinfo, handle, sendRaw, server);
     };
     server.on('request', (req: IncomingMessage, res: OutgoingMessage) => this.handle(req, res));
     const port = await listenCoapServer(server, this.options.port, this.options.bind);
@@ -272,7 +272,7 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
     sendRaw = observeOutgoing(server, (datagram, peerAddress, peerPort) => {
       const header = datagramHeader(datagram);
       if (!header || (header.type !== 'ACK' && header.type !== 'RST')) return;
-      const owed = deduplicator.answered(peerAddress, peerPort, header.messageId, datagram);
+      const owed = this.deduplicator.answered(peerAddress, peerPort, header.messageId, datagram);
       for (let i = 0; i < owed; i++) sendRaw?.(datagram, peerPort, peerAddress);
     });
     this.server = server;
@@ -291,7 +291,7 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
     if (this.starting) await this.starting.catch(() => undefined);
     const server = this.server;
     this.server = undefined;
-    this.deduplicator?.clear();
+    this.deduplicator.clear();
     this.block1.clear();
     for (const entry of [...this.pending.values()]) {
       this.settle(entry, { accepted: false, reason: 'gateway shutting down' });
@@ -310,15 +310,14 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
     message: Buffer,
     rsinfo: AddressInfo,
     handle: (message: Buffer, rsinfo: AddressInfo) => void,
-    deduplicator: MessageDeduplicator,
     sendRaw: ((datagram: Buffer, port: number, address: string) => void) | undefined,
     server: Server,
   ): void {
-    const peer = { address: rsinfo.address, port: rsinfo.port };
+    // The peer object is made only for an event: most datagrams pass without one.
     const allowSource = this.options.allowSource;
     if (allowSource && !allowSource(rsinfo.address)) {
       this.dropped += 1;
-      this.emit('dropped', peer);
+      this.emit('dropped', { address: rsinfo.address, port: rsinfo.port });
       return;
     }
     const frame = inspectDatagram(message);
@@ -327,7 +326,7 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
       // RFC 7252 section 4.2: a Confirmable message with a format error is rejected with a Reset
       // (4 bytes, never more than what came in); anything else, or an unknown version, is ignored.
       if (frame.type === 'CON' && frame.messageId !== undefined) sendRaw?.(resetMessage(frame.messageId), rsinfo.port, rsinfo.address);
-      this.emit('malformed', peer, frame.reason);
+      this.emit('malformed', { address: rsinfo.address, port: rsinfo.port }, frame.reason);
       return;
     }
     if (frame.isEmpty && frame.type === 'CON') {
@@ -343,14 +342,14 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
     const isRegisteredSource = this.options.isRegisteredSource;
     if (isRegisteredSource && !OPEN_TO_UNREGISTERED.has(frame.firstPathSegment) && !isRegisteredSource(rsinfo.address)) {
       this.droppedUnregistered += 1;
-      this.emit('unregistered', peer, `/${frame.firstPathSegment}`);
+      this.emit('unregistered', { address: rsinfo.address, port: rsinfo.port }, `/${frame.firstPathSegment}`);
       return;
     }
-    const verdict = deduplicator.check(rsinfo.address, rsinfo.port, frame.messageId, frame.type === 'CON', message);
+    const verdict = this.deduplicator.check(rsinfo.address, rsinfo.port, frame.messageId, frame.type === 'CON', message);
     if (verdict.duplicate) {
       this.duplicates += 1;
       if (verdict.answer) sendRaw?.(verdict.answer, rsinfo.port, rsinfo.address);
-      this.emit('duplicate', peer, frame.messageId, verdict.answer !== undefined);
+      this.emit('duplicate', { address: rsinfo.address, port: rsinfo.port }, frame.messageId, verdict.answer !== undefined);
       return;
     }
     // This table alone decides what is a copy. The library would answer a new request from its own
@@ -395,13 +394,8 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
     }
     for (const resource of this.resources) {
       if (!resource.matches(path)) continue;
-      try {
-        resource.handle(req, res, path, query);
-      } catch (err) {
-        this.emit('error', err as Error);
-        res.code = '5.00';
-        res.end();
-      }
+      // A throw is handle()'s to report and answer.
+      resource.handle(req, res, path, query);
       return;
     }
     if (path !== READINGS_PATH && path !== DLMS_PATH) {

@@ -7,3 +7,4 @@ export * from './request.js';
 export * from './options.js';
 export * from './server.js';
 export * from './client/index.js';
+export * from './address.js';

@@ -1,4 +1,5 @@
 import type { IncomingMessage } from 'coap';
+import { decodeUint } from './client/options.js';
 
 /**
  * Content-Format names the coap library substitutes for the registered
@@ -27,6 +28,5 @@ export function uintOption(message: IncomingMessage, name: string): number | und
   const raw: unknown = option.value;
   if (typeof raw === 'number') return raw;
   if (typeof raw === 'string') return FORMAT_NUMBERS[raw.toLowerCase()] ?? Number.NaN;
-  if (Buffer.isBuffer(raw) && raw.length <= 4) return raw.length === 0 ? 0 : raw.readUIntBE(0, raw.length);
-  return Number.NaN;
+  return (Buffer.isBuffer(raw) ? decodeUint(raw) : undefined) ?? Number.NaN;
 }

@@ -1,6 +1,7 @@
 import type { Socket } from 'node:dgram';
 import { isIPv4, isIPv6 } from 'node:net';
 import * as coap from 'coap';
+import { generate } from 'coap-packet';
 import type { CoapServerOptions, Server } from 'coap';
 
 /**
@@ -76,10 +77,7 @@ function answerErrorsToSender(server: Server, onFailure?: (peer: { address: stri
 
 /** A header-only CoAP answer (no options, no payload): ACK to a CON request, NON otherwise. */
 function errorAnswer(code: string, messageId: number, token: Buffer | undefined, ack: boolean): Buffer {
-  const [codeClass = 5, codeDetail = 0] = code.split('.').map(Number);
-  const tokenBytes = token && token.length <= 8 ? token : Buffer.alloc(0);
-  const header = Buffer.from([0x40 | ((ack ? 2 : 1) << 4) | tokenBytes.length, (codeClass << 5) | codeDetail, (messageId >> 8) & 0xff, messageId & 0xff]);
-  return Buffer.concat([header, tokenBytes]);
+  return generate({ code, ack, messageId, token: token && token.length <= 8 ? token : Buffer.alloc(0) });
 }
 
 /** coap's Server keeps its socket private; every reach for it goes through here. */

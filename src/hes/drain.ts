@@ -112,15 +112,17 @@ export class OutboxDrain extends EventEmitter<OutboxDrainEvents> {
       }
       const records: HesRecord[] = [];
       const entries: OutboxEntry[] = [];
+      const unreadable: string[] = [];
       for (const entry of taken) {
         try {
           records.push(cborDecode(entry.payload) as HesRecord);
           entries.push(entry);
         } catch {
           this.emit('unreadable', entry.key);
-          await this.outbox.ack([entry.key]);
+          unreadable.push(entry.key);
         }
       }
+      if (unreadable.length > 0) await this.outbox.ack(unreadable);
       // The HES's acknowledgement must fit one CoAP block: the batch may be cut shorter.
       const count = batchLength(records.map((record) => ({ record })), this.options.maxBatch);
       this.outbox.release(entries.slice(count).map((e) => e.key));

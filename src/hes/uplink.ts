@@ -225,7 +225,7 @@ export class HesUplink extends EventEmitter<HesUplinkEvents> {
     throw error;
   }
 
-/** Tells a submitter the outcome of its record; it no longer counts as waiting. */
+  /** Tells a submitter the outcome of its record; it no longer counts as waiting. */
   private settle(entry: Queued, error?: HesUplinkError): void {
     this.inFlight = Math.max(0, this.inFlight - 1);
     if (error) entry.reject(error);

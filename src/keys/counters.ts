@@ -2,7 +2,6 @@ import { MAX_INVOCATION_COUNTER } from '../dlms/security.js';
 import { openSublevel, type GatewayDatabase, type GatewaySublevel } from '../store/database.js';
 import { writeBatch, type BatchOperation } from '../store/group-commit.js';
 
-
 function encodeCounter(value: number): Buffer {
   const bytes = Buffer.alloc(4);
   bytes.writeUInt32BE(value);

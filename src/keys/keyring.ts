@@ -198,12 +198,12 @@ export class Keyring extends EventEmitter<KeyringEvents> {
     const { plaintext, switched } = this.decrypt(frame, entry, titleBytes);
     // Authentic under the staged keys: the meter has applied the transfer, and its
     // invocation counter belongs to the new keys.
-    if (switched) await this.confirmKeyTransfer(entry.systemTitle);
+    const usedKeys = switched ? await this.confirmKeyTransfer(entry.systemTitle) : entry;
     let verdict: 'fresh' | 'repeat' | 'replay' = 'fresh';
     if (replayCheck) {
       // Checked again after decrypt(): another openFrame may have accepted this counter meanwhile,
       // and a switch to the staged keys restarted the meter's counter.
-      const keyId = this.keyIdOf(switched ? (this.keys.get(systemTitle) ?? entry) : entry);
+      const keyId = this.keyIdOf(usedKeys);
       verdict = this.replay.check(systemTitle, frame.invocationCounter, digest, keyId);
       if (verdict === 'replay') throw this.replayError(systemTitle, frame.invocationCounter);
       if (verdict === 'fresh') await this.replay.accept(systemTitle, frame.invocationCounter, digest, keyId);
@@ -240,7 +240,7 @@ export class Keyring extends EventEmitter<KeyringEvents> {
       apdu,
       switchedToPendingKeys: switched,
       repeat: verdict === 'repeat',
-      keyEpoch: switched ? (this.keys.get(systemTitle)?.epoch ?? entry.epoch) : entry.epoch,
+      keyEpoch: usedKeys.epoch,
     };
   }
 

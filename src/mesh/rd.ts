@@ -1,7 +1,8 @@
 import type { IncomingMessage, OutgoingMessage } from 'coap';
+import type { MeshResource } from '../coap/endpoint.js';
 import { uintOption } from '../coap/options.js';
 import { formatLinkFormat, LinkFormatError, parseLinkFormat, type Link } from './linkformat.js';
-import { parseRegistrationQuery, RegistryError, type MeterRegistry, type RegistrationQuery } from './registry.js';
+import { parseRegistrationQuery, RegistryError, type MeterRegistry, type RegistrationQuery, type RegistrationUpdateQuery } from './registry.js';
 
 /**
  * The gateway's resource directory (RFC 9176) on the mesh endpoint:
@@ -34,7 +35,7 @@ export interface RdCounters {
   deferred: number;
 }
 
-export class ResourceDirectory {
+export class ResourceDirectory implements MeshResource {
   private inFlight = 0;
   readonly counters: RdCounters = { registered: 0, updated: 0, removed: 0, refused: 0, deferred: 0 };
 
@@ -46,6 +47,11 @@ export class ResourceDirectory {
   /** True when the path belongs to the directory. */
   static handles(path: string): boolean {
     return path === RD_PATH || path.startsWith(`${RD_PATH}/`);
+  }
+
+  /** The directory is itself a mesh endpoint resource: `endpoint.addResource(directory)`. */
+  matches(path: string): boolean {
+    return ResourceDirectory.handles(path);
   }
 
   handle(req: IncomingMessage, res: OutgoingMessage, path: string, query: string): void {
@@ -78,16 +84,14 @@ export class ResourceDirectory {
     try {
       links = req.payload.length > 0 ? parseLinkFormat(req.payload.toString('utf8')) : undefined;
     } catch (err) {
-      if (err instanceof LinkFormatError) return this.refuse(res, '4.00', err.message);
-      throw err;
+      return this.refuseMalformed(res, err);
     }
     if (id === undefined) {
       let registration: RegistrationQuery;
       try {
         registration = parseRegistrationQuery(query);
       } catch (err) {
-        if (err instanceof RegistryError) return this.refuse(res, '4.00', err.message);
-        throw err;
+        return this.refuseMalformed(res, err);
       }
       this.admit(res, async () => {
         const result = await this.registry.register({ ...registration, address: peer, links: links ?? [] });
@@ -99,19 +103,19 @@ export class ResourceDirectory {
       });
       return;
     }
-    let changes;
+    let update: RegistrationUpdateQuery;
     try {
-      changes = parseRegistrationQuery(query, { update: true });
+      update = parseRegistrationQuery(query, { update: true });
     } catch (err) {
-      if (err instanceof RegistryError) return this.refuse(res, '4.00', err.message);
-      throw err;
+      return this.refuseMalformed(res, err);
     }
-    const update = changes;
     this.admit(res, async () => {
       await this.registry.update(id, {
         ...(update.lifetimeSeconds !== undefined ? { lifetimeSeconds: update.lifetimeSeconds } : {}),
         ...(update.base !== undefined ? { base: update.base } : {}),
         ...(Object.keys(update.metrics).length > 0 ? { metrics: update.metrics } : {}),
+        // A meter reports new firmware versions after an update with a registration update.
+        ...(Object.keys(update.firmware).length > 0 ? { firmware: update.firmware } : {}),
         address: peer,
         ...(links ? { links } : {}),
       });
@@ -144,6 +148,12 @@ export class ResourceDirectory {
       .finally(() => {
         this.inFlight -= 1;
       });
+  }
+
+  /** A request whose links or query do not parse: 4.00 with the parser's reason. Anything else is a bug: rethrown. */
+  private refuseMalformed(res: OutgoingMessage, err: unknown): void {
+    if (err instanceof LinkFormatError || err instanceof RegistryError) return this.refuse(res, '4.00', err.message);
+    throw err;
   }
 
   private refuse(res: OutgoingMessage, code: string, message: string): void {

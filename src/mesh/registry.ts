@@ -4,7 +4,7 @@ import { isIP } from 'node:net';
 import { cborDecode, cborEncode } from '../coap/cbor.js';
 import { openSublevel, type GatewayDatabase, type GatewaySublevel } from '../store/database.js';
 import { writeBatch, type BatchOperation } from '../store/group-commit.js';
-import { canonicalSourceAddress } from './allowlist.js';
+import { canonicalSourceAddress } from '../coap/address.js';
 import { MAX_LINKS, type Link, type LinkAttributeValue } from './linkformat.js';
 
 /**
@@ -461,9 +461,8 @@ function decodeMeter(key: string, bytes: Uint8Array): RegisteredMeter | undefine
       if (!Array.isArray(pair) || typeof pair[0] !== 'string') return undefined;
       tags[pair[0]] = pair[1];
     }
+    // checkMetrics keeps updatedAt too.
     const metrics = checkMetrics(raw.m);
-    const updatedAt = toNumber((raw.m as Record<string, unknown>).updatedAt);
-    if (updatedAt !== undefined) metrics.updatedAt = updatedAt;
     return freezeMeter({
       id: key,
       endpoint: checkName(raw.ep, 'ep'),

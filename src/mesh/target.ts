@@ -2,6 +2,7 @@ import { isIP } from 'node:net';
 import { cborDecode, cborEncode } from '../coap/cbor.js';
 import { MeshRequestError } from '../coap/client/errors.js';
 import type { PeerAddress } from '../coap/client/transport.js';
+import { CONTENT_FORMAT } from '../coap/reading.js';
 import { COAP_DEFAULT_PORT } from '../coap/url.js';
 import type { MeterRegistry, RegisteredMeter } from './registry.js';
 
@@ -65,8 +66,8 @@ export function resolveMeter(
   throw new MeshRequestError('BAD_REQUEST', 'no destination: set msg.meter to a registered endpoint name, or msg.peer to {address, port}');
 }
 
-/** Content-Formats the gateway encodes and decodes for flows (RFC 7252 section 12.3). */
-export const CONTENT_FORMATS = { text: 0, linkFormat: 40, octetStream: 42, json: 50, cbor: 60 } as const;
+/** Content-Formats the gateway encodes and decodes for flows (RFC 7252 section 12.3): the readings' and two more. */
+const CONTENT_FORMATS = { ...CONTENT_FORMAT, linkFormat: 40, octetStream: 42 } as const;
 
 /**
  * A flow's payload as request bytes: Buffers as they are; strings as UTF-8;

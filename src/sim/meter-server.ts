@@ -3,6 +3,7 @@ import type { Socket } from 'node:dgram';
 import * as coap from 'coap';
 import type { CoapPacket, IncomingMessage, ObserveWriteStream, OutgoingMessage, Server } from 'coap';
 import { cborEncode } from '../coap/cbor.js';
+import { blockBytes, decodeBlock, decodeUint, encodeBlock, type BlockOption } from '../coap/client/options.js';
 import { formatLinkFormat, type Link } from '../mesh/linkformat.js';
 
 /**
@@ -85,14 +86,6 @@ export interface FirmwareUpload {
   at: number;
 }
 
-interface BlockOption {
-  num: number;
-  more: boolean;
-  /** Block size in bytes (16..1024). */
-  size: number;
-  szx: number;
-}
-
 interface Upload {
   peer: string;
   path: string;
@@ -103,29 +96,10 @@ interface Upload {
   lastBlockAt: number;
 }
 
-/** Parses a Block1/Block2 option value (RFC 7959 section 2.2); undefined when malformed. */
-export function parseBlockOption(value: unknown): BlockOption | undefined {
-  if (!Buffer.isBuffer(value) || value.length > 3) return undefined;
-  const raw = value.length === 0 ? 0 : value.readUIntBE(0, value.length);
-  const szx = raw & 0x7;
-  // SZX 7 is reserved (it is BERT on reliable transports only).
-  if (szx === 7) return undefined;
-  return { num: raw >> 4, more: (raw & 0x8) !== 0, size: 2 ** (szx + 4), szx };
-}
-
-export function encodeBlockOption(num: number, more: boolean, szx: number): Buffer {
-  const raw = (num << 4) | (more ? 0x8 : 0) | szx;
-  if (raw === 0) return Buffer.alloc(0);
-  const bytes = raw < 0x100 ? 1 : raw < 0x10000 ? 2 : 3;
-  const out = Buffer.alloc(bytes);
-  out.writeUIntBE(raw, 0, bytes);
-  return out;
-}
-
+/** A uint option as the library hands it: a number (options it knows) or the raw bytes. */
 function uintValue(value: unknown): number | undefined {
   if (typeof value === 'number') return value;
-  if (Buffer.isBuffer(value) && value.length <= 4) return value.length === 0 ? 0 : value.readUIntBE(0, value.length);
-  return undefined;
+  return Buffer.isBuffer(value) ? decodeUint(value) : undefined;
 }
 
 /** A deterministic number in [0, 1) for (seed, index): the same quarter-hour reads the same in every profile. */
@@ -283,7 +257,7 @@ export class MeterCoapServer {
     for (const option of packet.options) {
       if (option.name === 'Block1') {
         // A malformed value is recorded as such and refused by the handler (4.00).
-        this.block1.set(packet, parseBlockOption(option.value) ?? null);
+        this.block1.set(packet, (Buffer.isBuffer(option.value) ? decodeBlock(option.value) : undefined) ?? null);
         continue;
       }
       // Only a GET of /status is observable; on anything else Observe is ignored, so the library
@@ -398,8 +372,9 @@ export class MeterCoapServer {
       this.complete(res, req.payload.length, createHash('sha256').update(req.payload), undefined);
       return;
     }
-    if (block.more && req.payload.length !== block.size) return this.answer(res, '4.00', 'a block before the last must fill the block size');
-    const offset = block.num * block.size;
+    const size = blockBytes(block.szx);
+    if (block.more && req.payload.length !== size) return this.answer(res, '4.00', 'a block before the last must fill the block size');
+    const offset = block.num * size;
     let upload = this.upload;
     if (upload && (upload.peer !== peer || upload.path !== FIRMWARE_PATH || now - upload.lastBlockAt > UPLOAD_IDLE_MS)) {
       // Another client's, or abandoned: a block that does not start an upload cannot continue it.
@@ -435,7 +410,7 @@ export class MeterCoapServer {
 
   private askForNextBlock(res: OutgoingMessage, block: BlockOption): void {
     res.code = '2.31';
-    res.setOption('Block1', encodeBlockOption(block.num, true, block.szx));
+    res.setOption('Block1', encodeBlock({ ...block, more: true }));
     res.end();
   }
 
@@ -443,7 +418,7 @@ export class MeterCoapServer {
     const sha256 = hash.digest('hex');
     this.lastUpload = { bytes, sha256, at: this.now() };
     res.code = '2.04';
-    if (block) res.setOption('Block1', encodeBlockOption(block.num, false, block.szx));
+    if (block) res.setOption('Block1', encodeBlock({ ...block, more: false }));
     res.setOption('Content-Format', CONTENT_FORMAT_TEXT);
     res.end(sha256);
   }

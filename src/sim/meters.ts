@@ -427,9 +427,7 @@ export class MeterFleet {
     if (this.stopped || !meter.canSend(now)) return;
     // A meter that registers reports only once it has joined.
     if (meter.registrar && !meter.registrar.registered) return;
-    const reading = meter.begin();
-    const attempt = this.send(meter, reading).finally(() => this.inFlight.delete(attempt));
-    this.inFlight.add(attempt);
+    this.track(this.send(meter, meter.begin()));
   }
 
   private async send(meter: SimulatedMeter, reading: MeterReading): Promise<void> {
@@ -447,8 +445,7 @@ export class MeterFleet {
       if (response.code.startsWith('2.')) {
         meter.succeeded();
         this.stats.acknowledged++;
-        // With DLMS the HES stores the frame under its system title and invocation counter.
-        // `key` is the record key the HES stores: the frame's system title and counter for DLMS.
+        // `key` is the record key the HES stores: for DLMS, the frame's system title, key epoch and counter.
         this.recorder?.write({
           id: reading.id,
           key: dlms ? dlms.key : readingKey(reading.meter, reading.id),

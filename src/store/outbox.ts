@@ -103,6 +103,19 @@ function sizeOf(entry: { key: string; meter: string; payload: Uint8Array }): num
   return Buffer.byteLength(entry.key) + Buffer.byteLength(entry.meter) + entry.payload.length;
 }
 
+function storedSize(record: StoredRecord): number {
+  return sizeOf({ key: record.k, meter: record.m, payload: record.p });
+}
+
+function rankOfQueueKey(queueId: string): 0 | 1 | 2 {
+  return Number(queueId[0]) as 0 | 1 | 2;
+}
+
+/** The queue key right after `queueId` in its class. */
+function nextQueueKey(queueId: string): string {
+  return queueKey(rankOfQueueKey(queueId), parseInt(queueId.slice(2), 16) + 1);
+}
+
 export class Outbox {
   private readonly queue;
   private readonly keys;
@@ -111,10 +124,25 @@ export class Outbox {
   private readonly now: () => number;
   /** Keys appended but perhaps not yet on disk, with the write that carries them. */
   private readonly unsettled = new Map<string, Promise<void>>();
-  /** Queue keys handed out by take() and not yet acknowledged or released, with the record's key and size. */
-  private readonly inFlight = new Map<string, { key: string; size: number }>();
-  /** The same, by idempotency key: an acknowledgement needs no read. */
-  private readonly inFlightByKey = new Map<string, string>();
+  /** Queue keys handed out by take() and not yet acknowledged or released. */
+  private readonly inFlight = new Set<string>();
+  /** The same records by idempotency key, with their size: an acknowledgement needs no read. */
+  private readonly inFlightByKey = new Map<string, { queueId: string; size: number }>();
+  /**
+   * Queue keys whose deletion (acknowledged, dropped, expired) is decided but
+   * not yet on disk: take(), sweep() and the budget must not count them again.
+   */
+  private readonly removing = new Set<string>();
+  /**
+   * Per class, where take() goes on reading: every record before it is in
+   * flight or gone, so a take does not walk over what earlier ones handed
+   * out (nor LevelDB's tombstones of what was acknowledged).
+   */
+  private readonly takeFrom: string[] = OUTBOX_CLASSES.map((_, rank) => `${rank}!`);
+  /** Per class, the earliest record released since the last take: take() starts there. */
+  private readonly rewindTo: Array<string | undefined> = OUTBOX_CLASSES.map(() => undefined);
+  /** take() runs one at a time: each continues where the previous one stopped. */
+  private taking: Promise<unknown> = Promise.resolve();
   /** Appends run one after the other: each decides on the budget knowing what the previous did. */
   private appending: Promise<unknown> = Promise.resolve();
   private closed = false;
@@ -177,21 +205,24 @@ export class Outbox {
     if (storedAlready) return { duplicate: true, written: Promise.resolve() };
     const size = sizeOf(entry);
     const operations: BatchOperation[] = [];
+    const dropped: string[] = [];
     const total = (): number => this.meta.bytes[0] + this.meta.bytes[1] + this.meta.bytes[2];
     if (total() + size > this.options.maxBytes) {
       // Make room by dropping the oldest metrology, never anything else.
       for await (const [queueId, value] of this.queue.iterator({ gte: '2!', lt: '2"' })) {
         if (total() + size <= this.options.maxBytes) break;
-        if (this.inFlight.has(queueId)) continue;
+        if (!this.available(queueId)) continue;
         const old = cborDecode(value) as StoredRecord;
         operations.push({ type: 'del', key: queueId, sublevel: this.queue }, { type: 'del', key: old.k, sublevel: this.keys });
+        dropped.push(queueId);
+        this.removing.add(queueId);
         this.meta.records[2] -= 1;
-        this.meta.bytes[2] -= sizeOf({ key: old.k, meter: old.m, payload: old.p });
+        this.meta.bytes[2] -= storedSize(old);
         this.meta.dropped[2] += 1;
       }
       if (total() + size > this.options.maxBytes) {
         // Nothing dropped is undone in memory either: the drops above stay queued below, written or not.
-        if (operations.length > 0) await this.committer.write([...operations, this.metaOperation()]);
+        if (operations.length > 0) await this.removed(dropped, this.committer.write([...operations, this.metaOperation()]));
         throw new OutboxError('FULL', `the outbox budget of ${this.options.maxBytes} bytes is used by records that are never dropped; try again later`);
       }
     }
@@ -205,7 +236,7 @@ export class Outbox {
       { type: 'put', key: entry.key, value: Buffer.from(queueId), sublevel: this.keys },
       this.metaOperation(),
     );
-    const written = this.committer.write(operations);
+    const written = this.removed(dropped, this.committer.write(operations));
     const settled = written.then(
       () => {
         this.unsettled.delete(entry.key);
@@ -225,15 +256,29 @@ export class Outbox {
    * not already handed out. They stay in the outbox until ack() (delivered)
    * or release() (to be tried again).
    */
-  async take(limit: number): Promise<OutboxEntry[]> {
+  take(limit: number): Promise<OutboxEntry[]> {
+    const taken = this.taking.then(() => this.takeNow(limit));
+    this.taking = taken.catch(() => undefined);
+    return taken;
+  }
+
+  private async takeNow(limit: number): Promise<OutboxEntry[]> {
     const out: OutboxEntry[] = [];
-    for await (const [queueId, value] of this.queue.iterator()) {
+    for (const [rank, recordClass] of OUTBOX_CLASSES.entries()) {
       if (out.length >= limit) break;
-      if (this.inFlight.has(queueId)) continue;
-      const record = cborDecode(value) as StoredRecord;
-      this.inFlight.set(queueId, { key: record.k, size: sizeOf({ key: record.k, meter: record.m, payload: record.p }) });
-      this.inFlightByKey.set(record.k, queueId);
-      out.push({ key: record.k, meter: record.m, recordClass: OUTBOX_CLASSES[Number(queueId[0])]!, payload: record.p, enqueuedAt: record.t });
+      const rewind = this.rewindTo[rank];
+      this.rewindTo[rank] = undefined;
+      let from = rewind !== undefined && rewind < this.takeFrom[rank]! ? rewind : this.takeFrom[rank]!;
+      for await (const [queueId, value] of this.queue.iterator({ gte: from, lt: `${rank}"` })) {
+        if (out.length >= limit) break;
+        from = nextQueueKey(queueId);
+        if (!this.available(queueId)) continue;
+        const record = cborDecode(value) as StoredRecord;
+        this.inFlight.add(queueId);
+        this.inFlightByKey.set(record.k, { queueId, size: storedSize(record) });
+        out.push({ key: record.k, meter: record.m, recordClass, payload: record.p, enqueuedAt: record.t });
+      }
+      this.takeFrom[rank] = from;
     }
     return out;
   }
@@ -241,39 +286,47 @@ export class Outbox {
   /** Removes delivered records (by idempotency key); resolves once that is on disk. */
   async ack(keys: readonly string[]): Promise<number> {
     const operations: BatchOperation[] = [];
-    let removed = 0;
+    const acknowledged: string[] = [];
     for (const key of keys) {
-      let queueId = this.inFlightByKey.get(key);
-      let size = queueId === undefined ? undefined : this.inFlight.get(queueId)?.size;
-      if (queueId === undefined || size === undefined) {
-        // Not handed out by this process (acknowledged after a restart, say): look it up.
-        const stored = await this.keys.get(key);
-        if (stored === undefined) continue;
-        queueId = Buffer.from(stored).toString();
-        const value = await this.queue.get(queueId);
-        if (value === undefined) continue;
-        const record = cborDecode(value) as StoredRecord;
-        size = sizeOf({ key: record.k, meter: record.m, payload: record.p });
-      }
-      this.inFlight.delete(queueId);
+      const held = this.inFlightByKey.get(key) ?? (await this.lookUp(key));
+      if (held === undefined) continue;
+      this.inFlight.delete(held.queueId);
       this.inFlightByKey.delete(key);
-      const rank = Number(queueId[0]) as 0 | 1 | 2;
-      operations.push({ type: 'del', key, sublevel: this.keys }, { type: 'del', key: queueId, sublevel: this.queue });
+      acknowledged.push(held.queueId);
+      this.removing.add(held.queueId);
+      const rank = rankOfQueueKey(held.queueId);
+      operations.push({ type: 'del', key, sublevel: this.keys }, { type: 'del', key: held.queueId, sublevel: this.queue });
       this.meta.records[rank] -= 1;
-      this.meta.bytes[rank] -= size;
-      removed += 1;
+      this.meta.bytes[rank] -= held.size;
     }
-    if (operations.length > 0) await this.committer.write([...operations, this.metaOperation()]);
-    return removed;
+    if (operations.length > 0) await this.removed(acknowledged, this.committer.write([...operations, this.metaOperation()]));
+    return acknowledged.length;
+  }
+
+  /** A record not handed out by this process (acknowledged after a restart, say); undefined when gone or on its way out. */
+  private async lookUp(key: string): Promise<{ queueId: string; size: number } | undefined> {
+    const stored = await this.keys.get(key);
+    if (stored === undefined) return undefined;
+    const queueId = Buffer.from(stored).toString();
+    const value = await this.queue.get(queueId);
+    // Looked at after the reads: it may have been handed out, acknowledged or expired meanwhile.
+    const held = this.inFlightByKey.get(key);
+    if (held !== undefined) return held;
+    if (value === undefined || this.removing.has(queueId)) return undefined;
+    return { queueId, size: storedSize(cborDecode(value) as StoredRecord) };
   }
 
   /** Hands records out again (delivery failed or was only partly accepted). */
   release(keys: readonly string[]): void {
     for (const key of keys) {
-      const queueId = this.inFlightByKey.get(key);
-      if (queueId === undefined) continue;
+      const held = this.inFlightByKey.get(key);
+      if (held === undefined) continue;
       this.inFlightByKey.delete(key);
-      this.inFlight.delete(queueId);
+      this.inFlight.delete(held.queueId);
+      // The next take() goes back for it.
+      const rank = rankOfQueueKey(held.queueId);
+      const rewind = this.rewindTo[rank];
+      if (rewind === undefined || held.queueId < rewind) this.rewindTo[rank] = held.queueId;
     }
   }
 
@@ -281,39 +334,44 @@ export class Outbox {
   async sweep(): Promise<number> {
     const now = this.now();
     const operations: BatchOperation[] = [];
-    for (const recordClass of OUTBOX_CLASSES) {
-      const rank = rankOf(recordClass);
+    const expired: string[] = [];
+    for (const [index, recordClass] of OUTBOX_CLASSES.entries()) {
+      const rank = index as 0 | 1 | 2;
       const ttl = this.options.ttlMs[recordClass];
       // Within a class, queue order is age order: stop at the first record still young enough.
       for await (const [queueId, value] of this.queue.iterator({ gte: `${rank}!`, lt: `${rank}"` })) {
         const record = cborDecode(value) as StoredRecord;
         if (now - record.t <= ttl) break;
-        if (this.inFlight.has(queueId)) continue;
+        if (!this.available(queueId)) continue;
         operations.push({ type: 'del', key: queueId, sublevel: this.queue }, { type: 'del', key: record.k, sublevel: this.keys });
+        expired.push(queueId);
+        this.removing.add(queueId);
         this.meta.records[rank] -= 1;
-        this.meta.bytes[rank] -= sizeOf({ key: record.k, meter: record.m, payload: record.p });
+        this.meta.bytes[rank] -= storedSize(record);
         this.meta.expired[rank] += 1;
       }
     }
-    if (operations.length > 0) await this.committer.write([...operations, this.metaOperation()]);
-    return operations.length / 2;
+    if (operations.length > 0) await this.removed(expired, this.committer.write([...operations, this.metaOperation()]));
+    return expired.length;
   }
 
   async stats(): Promise<OutboxStats> {
     const now = this.now();
+    // The oldest record of each class, the three looked up at once.
+    const oldest = await Promise.all(
+      OUTBOX_CLASSES.map(async (_, rank) => {
+        const [value] = await this.queue.values({ gte: `${rank}!`, lt: `${rank}"`, limit: 1 }).all();
+        return value === undefined ? undefined : now - (cborDecode(value) as StoredRecord).t;
+      }),
+    );
     const perClass = {} as Record<OutboxClass, OutboxClassStats>;
-    for (const recordClass of OUTBOX_CLASSES) {
-      const rank = rankOf(recordClass);
-      let oldestAgeMs: number | undefined;
-      for await (const value of this.queue.values({ gte: `${rank}!`, lt: `${rank}"`, limit: 1 })) {
-        oldestAgeMs = now - (cborDecode(value) as StoredRecord).t;
-      }
+    for (const [rank, recordClass] of OUTBOX_CLASSES.entries()) {
       perClass[recordClass] = {
-        records: this.meta.records[rank],
-        bytes: this.meta.bytes[rank],
-        oldestAgeMs,
-        dropped: this.meta.dropped[rank],
-        expired: this.meta.expired[rank],
+        records: this.meta.records[rank]!,
+        bytes: this.meta.bytes[rank]!,
+        oldestAgeMs: oldest[rank],
+        dropped: this.meta.dropped[rank]!,
+        expired: this.meta.expired[rank]!,
       };
     }
     return { ...perClass, bytes: this.meta.bytes[0] + this.meta.bytes[1] + this.meta.bytes[2], maxBytes: this.options.maxBytes, inFlight: this.inFlight.size };
@@ -324,6 +382,19 @@ export class Outbox {
     this.closed = true;
     await this.appending;
     await this.committer.close();
+  }
+
+  /** Neither handed out nor on its way out. */
+  private available(queueId: string): boolean {
+    return !this.inFlight.has(queueId) && !this.removing.has(queueId);
+  }
+
+  /** `write` with `queueIds` counted as removing until it is done (written or failed). */
+  private removed(queueIds: readonly string[], write: Promise<void>): Promise<void> {
+    if (queueIds.length === 0) return write;
+    return write.finally(() => {
+      for (const queueId of queueIds) this.removing.delete(queueId);
+    });
   }
 
   private metaOperation(): BatchOperation {

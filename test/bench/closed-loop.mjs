@@ -4,6 +4,7 @@
 import path from 'node:path';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
+import { percentile } from './metrics.mjs';
 
 const require = createRequire(import.meta.url);
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -52,6 +53,5 @@ export async function driveReadings(port, label, { clients, seconds }) {
   const elapsed = (Date.now() - started) / 1000;
   await Promise.all(agents.map((agent) => closeAgent(agent)));
   latencies.sort((a, b) => a - b);
-  const pct = (p) => (latencies.length ? latencies[Math.min(latencies.length - 1, Math.floor(latencies.length * p))] : NaN);
-  return { label, perSecond: done / elapsed, done, failed, reasons, p50: pct(0.5), p99: pct(0.99) };
+  return { label, perSecond: done / elapsed, done, failed, reasons, p50: percentile(latencies, 0.5), p99: percentile(latencies, 0.99) };
 }

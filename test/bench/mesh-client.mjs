@@ -12,6 +12,7 @@ import { fork } from 'node:child_process';
 import path from 'node:path';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
+import { percentile } from './metrics.mjs';
 
 const require = createRequire(import.meta.url);
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -41,10 +42,6 @@ if (process.argv[2] === 'meters') {
   const { MeshClient } = require(path.join(root, 'dist/src/coap/client/index.js'));
   const child = fork(self, ['meters'], { stdio: 'inherit' });
   const { ports } = await new Promise((resolve) => child.once('message', resolve));
-
-  function percentile(sorted, p) {
-    return sorted.length === 0 ? NaN : sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * p))];
-  }
 
   // Closed loop: CONCURRENCY workers, each taking the next meter in turn; a meter is never asked twice at once.
   async function drive(label, pathName, send) {

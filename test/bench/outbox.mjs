@@ -10,6 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
+import { percentile } from './metrics.mjs';
 
 const require = createRequire(import.meta.url);
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -72,7 +73,7 @@ async function outboxAppend(dir) {
   latencies.sort((a, b) => a - b);
   return {
     rate: RECORDS / appendSeconds,
-    p99: latencies[Math.floor(latencies.length * 0.99)],
+    p99: percentile(latencies, 0.99),
     drainRate: drained / drainSeconds,
     left: stats.alarm.records + stats.event.records + stats.metrology.records,
   };

@@ -8,9 +8,9 @@
 //             admission control (at most 128 registrations being written at once,
 //             5.03 + Max-Age beyond that)
 //   appliance `ami-gateway start` (Node-RED, the default flow, its store) with its
-//             directory as deployed (Max-Age 20-40 s); peak RSS from the kernel (VmHWM)
-// The server under test runs in a child process of its own (its RSS is sampled
-// there, so the figure is the server's alone), the meters in another (MeterFleet
+//             directory as deployed (Max-Age 20-40 s)
+// The server under test runs in a child process of its own (its peak RSS is the
+// kernel's, VmHWM, so the figure is the server's alone), the meters in another (MeterFleet
 // from dist/, one UDP socket per meter, serve: false, no readings). A meter's
 // latency runs from its first attempt to its 2.01, 5.03 waits included.
 // For a run of reasonable length the directory's Max-Age here is 1-2 s
@@ -18,11 +18,12 @@
 // of a real storm accordingly. Not a test: nothing asserts timings, but the
 // registrations stored are counted and any loss is reported (exit code 1).
 import { fork, spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
+import { percentile, procMemory, resetPeakRss } from './metrics.mjs';
 
 const require = createRequire(import.meta.url);
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -36,19 +37,8 @@ const MAX_IN_FLIGHT = Number(process.env.BENCH_MAX_IN_FLIGHT ?? 128);
 const MAX_METERS = 20_000;
 /** A storm that has not settled by then is reported as it stands. */
 const DEADLINE_MS = Number(process.env.BENCH_DEADLINE_SECONDS ?? 600) * 1000;
-const RSS_SAMPLE_MS = 20;
 
 const [mode, variant, portArg] = process.argv.slice(2);
-
-/** Samples this process's RSS; returns a function reading the peak so far. */
-function rssPeak() {
-  let peak = process.memoryUsage().rss;
-  const timer = setInterval(() => {
-    peak = Math.max(peak, process.memoryUsage().rss);
-  }, RSS_SAMPLE_MS);
-  timer.unref();
-  return () => Math.max(peak, process.memoryUsage().rss);
-}
 
 async function serveGateway() {
   const { acquireDatabase } = dist('store/database.js');
@@ -63,11 +53,12 @@ async function serveGateway() {
   const directory = new ResourceDirectory(registry, { maxInFlight: MAX_IN_FLIGHT, retryAfterSeconds: RETRY_AFTER_SECONDS });
   endpoint.addResource({ matches: (p) => ResourceDirectory.handles(p), handle: (req, res, p, q) => directory.handle(req, res, p, q) });
   await endpoint.start();
+  // From here on the kernel keeps the peak (VmHWM): nothing to sample.
+  resetPeakRss();
   const idleRss = process.memoryUsage().rss;
-  const peak = rssPeak();
   process.send({ port: endpoint.port, receiveBufferBytes: endpoint.receiveBufferBytes, idleRss });
   process.once('message', async () => {
-    const rssPeakBytes = peak();
+    const rssPeakBytes = procMemory().peak;
     const inMemory = registry.size;
     await endpoint.stop();
     // What survives: close the registry (its last batch written) and load it again from LevelDB.
@@ -101,21 +92,15 @@ async function serveBaseline() {
   // The receive buffer the mesh endpoint asks for: without it a burst overflows the default one and the
   // baseline would measure CoAP retransmission timers, not the library.
   const receiveBufferBytes = sizeReceiveBuffer(server, RECEIVE_BUFFER_BYTES);
+  // From here on the kernel keeps the peak (VmHWM): nothing to sample.
+  resetPeakRss();
   const idleRss = process.memoryUsage().rss;
-  const peak = rssPeak();
   process.send({ port: server._sock.address().port, receiveBufferBytes, idleRss });
   process.once('message', () => {
-    const rssPeakBytes = peak();
+    const rssPeakBytes = procMemory().peak;
     server.close();
     process.send({ rssPeakBytes, inMemory: registered.size, stored: registered.size, deferred: 0, refused: 0 }, () => process.exit(0));
   });
-}
-
-/** VmRSS / VmHWM (peak RSS, kept by the kernel) of a process, in bytes. */
-function procMemory(pid) {
-  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-  const kib = (name) => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? NaN) * 1024;
-  return { rss: kib('VmRSS'), peak: kib('VmHWM') };
 }
 
 /**
@@ -204,14 +189,13 @@ async function runMeters(port) {
   await allRegistered;
   clearTimeout(deadline);
   latencies.sort((a, b) => a - b);
-  const pct = (p) => (latencies.length ? latencies[Math.min(latencies.length - 1, Math.floor(latencies.length * p))] : NaN);
   const { registered, registrationDeferred, registrationRetries, registrationFailed } = fleet.stats;
   const result = {
     registered,
     allMs: lastRegisteredAt - firstAttemptAt,
     sentMs: lastFirstAttemptAt - firstAttemptAt,
-    p50: pct(0.5),
-    p99: pct(0.99),
+    p50: percentile(latencies, 0.5),
+    p99: percentile(latencies, 0.99),
     max: latencies.at(-1),
     deferred: registrationDeferred,
     retries: registrationRetries,
@@ -279,7 +263,7 @@ if (mode === 'server') {
     `ratio appliance/baseline: all registered ${(appliance.allMs / base.allMs).toFixed(2)}x, p99 ${(appliance.p99 / base.p99).toFixed(2)}x; the appliance's directory uses the node's Max-Age (20-40 s)`,
   );
   console.log(
-    `RSS: the server process alone (the meters run in another process; appliance: the kernel's peak, VmHWM, Node-RED included); socket receive buffer granted: ${Math.round((gateway.receiveBufferBytes ?? 0) / 1024)} KiB (baseline ${Math.round((base.receiveBufferBytes ?? 0) / 1024)} KiB)`,
+    `RSS: the server process alone (the meters run in another process), peak from the kernel (VmHWM; appliance: Node-RED included); socket receive buffer granted: ${Math.round((gateway.receiveBufferBytes ?? 0) / 1024)} KiB (baseline ${Math.round((base.receiveBufferBytes ?? 0) / 1024)} KiB)`,
   );
   console.log(`5.03 answered by the directory: ${gateway.deferred}; counted by the meters: ${gateway.fleetDeferred}`);
   const lost = METERS - gateway.stored;

@@ -49,25 +49,27 @@ function flow(endpoint: Record<string, unknown> = {}, withStore = true) {
   ];
 }
 
-function statusOf(nodeId: string, predicate: (s: NodeStatus) => boolean): Promise<NodeStatus> {
+/** The first argument of the node's next call of `method` that `predicate` accepts; the listener goes once it matched. */
+function nextCall<T>(nodeId: string, method: string, predicate: (arg: T) => boolean): Promise<T> {
   const node = helper.getNode(nodeId)!;
   return new Promise((resolve) => {
-    node.on('call:status', (call: unknown) => {
-      const status = (call as { args: [NodeStatus] }).args[0];
-      if (predicate(status)) resolve(status);
-    });
+    const onCall = (call: unknown): void => {
+      const arg = (call as { args: [T] }).args[0];
+      if (!predicate(arg)) return;
+      node.off(`call:${method}`, onCall);
+      resolve(arg);
+    };
+    node.on(`call:${method}`, onCall);
   });
+}
+
+function statusOf(nodeId: string, predicate: (s: NodeStatus) => boolean): Promise<NodeStatus> {
+  return nextCall(nodeId, 'status', predicate);
 }
 
 /** The next message a node logs at `level` that matches `pattern`. */
 function logged(nodeId: string, level: 'log' | 'debug' | 'error', pattern: RegExp): Promise<string> {
-  const node = helper.getNode(nodeId)!;
-  return new Promise((resolve) => {
-    node.on(`call:${level}`, (call: unknown) => {
-      const text = String((call as { args: [unknown] }).args[0]);
-      if (pattern.test(text)) resolve(text);
-    });
-  });
+  return nextCall<unknown>(nodeId, level, (text) => pattern.test(String(text))).then(String);
 }
 
 /** Loads the flow and waits until the socket listens and the resource directory serves. */

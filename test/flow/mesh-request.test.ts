@@ -52,11 +52,15 @@ function node(id: string): NonNullable<ReturnType<typeof helper.getNode>> {
 }
 
 function statusOf(nodeId: string, predicate: (s: NodeStatus) => boolean): Promise<NodeStatus> {
+  const target = node(nodeId);
   return new Promise((resolve) => {
-    node(nodeId).on('call:status', (call: unknown) => {
+    const listener = (call: unknown): void => {
       const status = (call as { args: [NodeStatus] }).args[0];
-      if (predicate(status)) resolve(status);
-    });
+      if (!predicate(status)) return;
+      target.off('call:status', listener);
+      resolve(status);
+    };
+    target.on('call:status', listener);
   });
 }
 
@@ -123,6 +127,16 @@ describe('mesh request and mesh events', () => {
     const refused = (await unknown) as { error: { message: string; code: string } };
     expect(refused.error.code).toBe('BAD_REQUEST');
     expect(refused.error.message).toContain('meter mtr-nobody is not registered');
+
+    // Two observe requests for one resource at once: the second is refused while the first registers.
+    const second = nextInput(node('errors'));
+    node('req').receive({ meter: 'mtr-silent', observe: true });
+    node('req').receive({ meter: 'mtr-silent', observe: true });
+    const duplicate = (await second) as { error: { message: string; code: string } };
+    expect(duplicate.error.code).toBe('BAD_REQUEST');
+    expect(duplicate.error.message).toContain('already observing');
+    const first = nextInput(node('errors'));
+    expect(((await first) as { error: { code: string } }).error.code).toBe('COMM_TIMEOUT_ERR');
   });
 
   it('observes a resource until told to stop', async () => {

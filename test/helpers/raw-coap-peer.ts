@@ -32,6 +32,7 @@ export class RawCoapPeer {
       const datagram = { packet, from: { address: rinfo.address, port: rinfo.port }, at: performance.now() };
       this.received.push(datagram);
       this.onPacket?.(datagram);
+      if (this.waiters.length === 0) return;
       this.waiters = this.waiters.filter((w) => {
         if (this.received.length < w.count) return true;
         w.resolve();

@@ -6,7 +6,10 @@ import { CLI, REPO_ROOT, startApplianceProcess, type ApplianceProcess } from '..
 const running: ApplianceProcess[] = [];
 
 afterEach(async () => {
-  for (const appliance of running.splice(0)) await appliance.stop();
+  for (const appliance of running.splice(0)) {
+    await appliance.stop();
+    appliance.cleanup();
+  }
 });
 
 function run(file: string, args: string[], env: NodeJS.ProcessEnv = process.env): Promise<{ code: number; out: string }> {

@@ -64,13 +64,19 @@ function startCli(args: string[], ready: RegExp): Promise<ChildProcess> {
   children.push(child);
   let output = '';
   return new Promise((resolve, reject) => {
+    const onExit = (code: number | null): void => reject(new Error(`${args.join(' ')} exited with ${code}:\n${output}`));
     const onData = (chunk: Buffer): void => {
       output += chunk.toString();
-      if (ready.test(output)) resolve(child);
+      if (!ready.test(output)) return;
+      // Ready: stop collecting (the pipes keep flowing, so the child never blocks on a full one).
+      child.stdout?.off('data', onData).resume();
+      child.stderr?.off('data', onData).resume();
+      child.off('exit', onExit);
+      resolve(child);
     };
     child.stdout?.on('data', onData);
     child.stderr?.on('data', onData);
-    child.once('exit', (code) => reject(new Error(`${args.join(' ')} exited with ${code}:\n${output}`)));
+    child.once('exit', onExit);
   });
 }
 

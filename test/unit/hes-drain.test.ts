@@ -1,3 +1,4 @@
+import { once } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -63,13 +64,13 @@ describe('outbox drain', () => {
       drain.wake();
     }
     // The HES is not there: the drain fails and backs off, the records stay.
-    while (failures.length < 2) await new Promise<void>((resolve) => drain.once('failed', () => resolve()));
+    while (failures.length < 2) await once(drain, 'failed');
     expect(failures[1]!).toBeGreaterThan(failures[0]! * 1.2);
     expect(outbox.depth).toBe(40);
 
     const hes = new HesSimulator({ port, bind: '::1' });
     const arrived: string[] = [];
-    hes.onStored((key) => arrived.push(key));
+    cleanups.push(hes.onStored((key) => arrived.push(key)));
     await hes.start();
     cleanups.push(() => hes.stop());
     while (arrived.length < 40) await storedOnce(hes);
@@ -83,7 +84,7 @@ describe('outbox drain', () => {
       const order = arrived.filter((key) => key.startsWith(`${meter}/`) && !records.find((r) => r.key === key && r.kind === 'alarm')).map((key) => Number(key.split('/')[1]));
       expect(order).toEqual([...order].sort((a, b) => a - b));
     }
-    while (outbox.depth > 0) await new Promise<void>((resolve) => drain.once('drained', () => resolve()));
+    while (outbox.depth > 0) await once(drain, 'drained');
     expect(outbox.depth).toBe(0);
   });
 

@@ -33,8 +33,10 @@ function confirmablePost(messageId: number): Buffer {
 
 describe('MeshEndpoint with an allowlist', () => {
   it('drops datagrams from sources outside the mesh prefixes unanswered, and serves the ones inside', async () => {
-    const outside = new MeshEndpoint({ bind: '::1', port: 0, acceptTimeoutMs: 300, retryAfterSeconds: 5, allowSource: (a) => MeshAllowlist.parse('fd00::/8').allows(a) });
-    const inside = new MeshEndpoint({ bind: '::1', port: 0, acceptTimeoutMs: 300, retryAfterSeconds: 5, allowSource: (a) => MeshAllowlist.parse('::1/128').allows(a) });
+    const mesh = MeshAllowlist.parse('fd00::/8');
+    const loopback = MeshAllowlist.parse('::1/128');
+    const outside = new MeshEndpoint({ bind: '::1', port: 0, acceptTimeoutMs: 300, retryAfterSeconds: 5, allowSource: (a) => mesh.allows(a) });
+    const inside = new MeshEndpoint({ bind: '::1', port: 0, acceptTimeoutMs: 300, retryAfterSeconds: 5, allowSource: (a) => loopback.allows(a) });
     await outside.start();
     await inside.start();
     const client = createSocket('udp6');

@@ -1,14 +1,20 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { createHash, randomBytes } from 'node:crypto';
+import { generate } from 'coap-packet';
 import {
+  decodeBlock,
+  decodeUint,
   encodeBlock,
   encodeUint,
   isFresher,
   MeshClient,
   MeshRequestError,
+  MessageLayer,
+  RFC7252_TRANSMISSION,
   UdpTransport,
   type DatagramTransport,
   type MeshClientOptions,
+  type PeerAddress,
 } from '../../src/coap/client/index.js';
 import { RawCoapPeer, type ReceivedDatagram } from '../helpers/raw-coap-peer.js';
 
@@ -55,6 +61,22 @@ function path(d: ReceivedDatagram): string {
 
 function requests(m: RawCoapPeer): ReceivedDatagram[] {
   return m.received.filter((d) => d.packet.code.startsWith('0.') && d.packet.code !== '0.00');
+}
+
+function option(d: ReceivedDatagram, name: string): Buffer | undefined {
+  return d.packet.options.find((o) => o.name === name)?.value;
+}
+
+/** The meter serves `body` in 512-byte Block2 blocks, block `num` tagged `etagOf(num)`. */
+function serveBlocks(m: RawCoapPeer, body: Buffer, etagOf: (num: number) => Buffer): void {
+  m.onPacket = (d) => {
+    const asked = option(d, 'Block2');
+    const num = asked ? decodeBlock(asked)!.num : 0;
+    m.answer(d, '2.05', body.subarray(num * 512, num * 512 + 512), [
+      { name: 'ETag', value: etagOf(num) },
+      { name: 'Block2', value: encodeBlock({ num, more: (num + 1) * 512 < body.length, szx: 5 }) },
+    ]);
+  };
 }
 
 describe('RFC 7252 retransmission', () => {
@@ -158,11 +180,44 @@ describe('RFC 7252 retransmission', () => {
     };
     expect((await c.request({ peer: m.peer, method: 'GET', path: '/x' })).payload.toString()).toBe('still here');
   });
+
+  it('answers a message id again within EXCHANGE_LIFETIME and treats it as new after', () => {
+    let now = 0;
+    let deliver: (datagram: Buffer, peer: PeerAddress) => void = () => undefined;
+    const sent: Buffer[] = [];
+    const transport: DatagramTransport = {
+      local: { address: '::1', port: 5683 },
+      send: (datagram) => sent.push(datagram),
+      onDatagram: (receiver) => {
+        deliver = receiver;
+        return () => undefined;
+      },
+      close: () => Promise.resolve(),
+    };
+    const layer = new MessageLayer(transport, { ...RFC7252_TRANSMISSION, exchangeLifetimeMs: 1000 }, Math.random, () => now);
+    const meterA = { address: '::1', port: 40001 };
+    const ping = (messageId: number): Buffer => generate({ code: '0.00', confirmable: true, messageId });
+    deliver(ping(9), meterA);
+    now = 999;
+    deliver(ping(9), meterA);
+    expect(layer.counters.duplicates).toBe(1);
+    deliver(ping(10), meterA);
+    now = 1500;
+    // Id 9 is 1500 ms old, id 10 501 ms: 9 is new again, 10 still a duplicate.
+    deliver(ping(9), meterA);
+    deliver(ping(10), meterA);
+    expect(layer.counters.duplicates).toBe(2);
+    // Every ping is answered with a Reset, a duplicate with the same one again.
+    expect(sent).toHaveLength(5);
+    expect(sent[1]!.equals(sent[0]!)).toBe(true);
+    layer.close();
+  });
 });
 
 describe('congestion control', () => {
   it('keeps at most one outstanding request per meter (NSTART = 1) while serving two meters at once', async () => {
-    const c = await client();
+    // An ACK_TIMEOUT well above the meters' 15 ms: a retransmission would count as a second request here.
+    const c = await client({ transmission: { ...FAST, ackTimeoutMs: 200 } });
     const a = await meter();
     const b = await meter();
     const outstanding = new Map<RawCoapPeer, number>([
@@ -272,30 +327,14 @@ describe('block-wise transfer (RFC 7959)', () => {
     const c = await client();
     const m = await meter();
     const body = randomBytes(1500);
-    let etag = Buffer.from('v1');
-    m.onPacket = (d) => {
-      const asked = d.packet.options.find((o) => o.name === 'Block2')?.value;
-      const num = asked && asked.length > 0 ? asked.readUIntBE(0, asked.length) >> 4 : 0;
-      const chunk = body.subarray(num * 512, num * 512 + 512);
-      const more = (num + 1) * 512 < body.length;
-      m.answer(d, '2.05', chunk, [
-        { name: 'ETag', value: etag },
-        { name: 'Block2', value: encodeBlock({ num, more, szx: 5 }) },
-      ]);
-    };
+    serveBlocks(m, body, () => Buffer.from('v1'));
     const response = await c.request({ peer: m.peer, method: 'GET', path: '/lp' });
     expect(response.payload.equals(body)).toBe(true);
     expect(response.exchanges).toBe(3);
-    m.onPacket = (d) => {
-      const asked = d.packet.options.find((o) => o.name === 'Block2')?.value;
-      const num = asked && asked.length > 0 ? asked.readUIntBE(0, asked.length) >> 4 : 0;
-      if (num === 1) etag = Buffer.from('v2');
-      m.answer(d, '2.05', body.subarray(num * 512, num * 512 + 512), [
-        { name: 'ETag', value: etag },
-        { name: 'Block2', value: encodeBlock({ num, more: (num + 1) * 512 < body.length, szx: 5 }) },
-      ]);
-    };
+    // The resource changes after block 0 was sent.
+    serveBlocks(m, body, (num) => Buffer.from(num === 0 ? 'v1' : 'v2'));
     await expect(c.request({ peer: m.peer, method: 'GET', path: '/lp' })).rejects.toMatchObject({ code: 'BLOCKWISE_ERR' });
+    serveBlocks(m, body, () => Buffer.from('v2'));
     await expect(c.request({ peer: m.peer, method: 'GET', path: '/lp', maxBodyBytes: 1000 })).rejects.toMatchObject({ code: 'TOO_LARGE' });
   });
 
@@ -304,9 +343,8 @@ describe('block-wise transfer (RFC 7959)', () => {
     const m = await meter();
     const received: Buffer[] = [];
     m.onPacket = (d) => {
-      const block = d.packet.options.find((o) => o.name === 'Block1')!.value;
-      const raw = block.readUIntBE(0, block.length);
-      const more = (raw & 8) !== 0;
+      const block = option(d, 'Block1')!;
+      const { num, more } = decodeBlock(block)!;
       received.push(d.packet.payload);
       if (!more) {
         const digest = createHash('sha256').update(Buffer.concat(received)).digest();
@@ -314,7 +352,7 @@ describe('block-wise transfer (RFC 7959)', () => {
         return;
       }
       // This meter only keeps 256-byte blocks: it says so in its first 2.31.
-      m.answer(d, '2.31', undefined, [{ name: 'Block1', value: encodeBlock({ num: raw >> 4, more: true, szx: 4 }) }]);
+      m.answer(d, '2.31', undefined, [{ name: 'Block1', value: encodeBlock({ num, more: true, szx: 4 }) }]);
     };
     const image = randomBytes(3000);
     const response = await c.request({ peer: m.peer, method: 'PUT', path: '/fw', payload: image, contentFormat: 42 });
@@ -323,8 +361,7 @@ describe('block-wise transfer (RFC 7959)', () => {
     const sizes = requests(m).map((d) => d.packet.payload.length);
     expect(sizes[0]).toBe(1024);
     expect(sizes.slice(1, -1).every((s) => s === 256)).toBe(true);
-    const size1 = requests(m)[0]!.packet.options.find((o) => o.name === 'Size1')!.value;
-    expect(size1.readUIntBE(0, size1.length)).toBe(3000);
+    expect(decodeUint(option(requests(m)[0]!, 'Size1')!)).toBe(3000);
   });
 });
 
@@ -335,10 +372,14 @@ describe('Observe (RFC 7641)', () => {
     const seen: string[] = [];
     let registration: ReceivedDatagram | undefined;
     m.onPacket = (d) => {
-      if (d.packet.code === '0.01' && !registration) {
-        registration = d;
-        m.answer(d, '2.05', Buffer.from('n5'), [{ name: 'Observe', value: encodeUint(5) }]);
+      if (d.packet.code !== '0.01') return;
+      if (registration) {
+        // The deregistration: answered, so cancel() need not wait for its retransmissions to run out.
+        m.answer(d, '2.05', Buffer.from('n9'));
+        return;
       }
+      registration = d;
+      m.answer(d, '2.05', Buffer.from('n5'), [{ name: 'Observe', value: encodeUint(5) }]);
     };
     const observation = await c.observe({ peer: m.peer, path: '/status' }, (r) => seen.push(r.payload.toString()));
     const notify = (value: number, text: string, messageId: number): void =>
@@ -356,7 +397,7 @@ describe('Observe (RFC 7641)', () => {
     const deregister = m.received.at(-1)!.packet;
     expect(deregister.code).toBe('0.01');
     expect(deregister.token.equals(registration!.packet.token)).toBe(true);
-    expect(deregister.options.find((o) => o.name === 'Observe')!.value.readUInt8(0)).toBe(1);
+    expect(decodeUint(deregister.options.find((o) => o.name === 'Observe')!.value)).toBe(1);
     expect(c.counters().observations).toBe(0);
   });
 

@@ -68,12 +68,13 @@ class RawClient {
   }
 }
 
-/** The next `event` of `endpoint`; fails the test when it has not come within 5 s. */
-function next<E extends 'duplicate' | 'received'>(endpoint: MeshEndpoint, event: E): Promise<unknown[]> {
-  return Promise.race([
-    once(endpoint, event),
-    new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`no ${event} event within 5 s`)), 5000).unref()),
-  ]);
+/** The next `event` of `endpoint`; fails the test when it has not come within 5 s (the listener goes either way). */
+async function next<E extends 'duplicate' | 'received'>(endpoint: MeshEndpoint, event: E): Promise<unknown[]> {
+  try {
+    return await once(endpoint, event, { signal: AbortSignal.timeout(5000) });
+  } catch (err) {
+    throw new Error(`no ${event} event within 5 s`, { cause: err });
+  }
 }
 
 async function startEndpoint(options: Partial<ConstructorParameters<typeof MeshEndpoint>[0]> = {}): Promise<MeshEndpoint> {
@@ -81,6 +82,22 @@ async function startEndpoint(options: Partial<ConstructorParameters<typeof MeshE
   await endpoint.start();
   cleanups.push(() => endpoint.stop());
   return endpoint;
+}
+
+/**
+ * An endpoint, the uplinks it hands over (each accepted at once with
+ * `acceptAtOnce`, else left for the test to settle), and a raw client.
+ */
+async function endpointWithClient(
+  { acceptAtOnce = false, ...options }: Partial<ConstructorParameters<typeof MeshEndpoint>[0]> & { acceptAtOnce?: boolean } = {},
+): Promise<{ endpoint: MeshEndpoint; uplinks: Uplink[]; client: RawClient }> {
+  const endpoint = await startEndpoint(options);
+  const uplinks: Uplink[] = [];
+  endpoint.onUplink((uplink) => {
+    uplinks.push(uplink);
+    if (acceptAtOnce) accept(uplink);
+  });
+  return { endpoint, uplinks, client: await RawClient.open(endpoint.port!) };
 }
 
 function reading(id: string, meter = 'mtr-dup'): MeterReading {
@@ -107,10 +124,7 @@ function accept(uplink: Uplink): void {
 
 describe('MeshEndpoint duplicate detection', () => {
   it('processes a retransmitted CON reading once and acknowledges every copy with the same ACK', async () => {
-    const endpoint = await startEndpoint();
-    const uplinks: Uplink[] = [];
-    endpoint.onUplink((uplink) => uplinks.push(uplink));
-    const client = await RawClient.open(endpoint.port!);
+    const { endpoint, uplinks, client } = await endpointWithClient();
     const datagram = readingPost(0x1234, Buffer.from('t1'), reading('dup-1'));
 
     const received = next(endpoint, 'received');
@@ -137,10 +151,7 @@ describe('MeshEndpoint duplicate detection', () => {
   });
 
   it('answers a copy that arrives after an empty ACK with that empty ACK, and still processes the request once', async () => {
-    const endpoint = await startEndpoint({ acceptTimeoutMs: 5000 });
-    const uplinks: Uplink[] = [];
-    endpoint.onUplink((uplink) => uplinks.push(uplink));
-    const client = await RawClient.open(endpoint.port!);
+    const { endpoint, uplinks, client } = await endpointWithClient({ acceptTimeoutMs: 5000 });
     const datagram = readingPost(0x2001, Buffer.from('sep'), reading('dup-separate'));
     client.send(datagram);
     // Acceptance takes longer than the piggyback window: the meter gets an empty ACK first.
@@ -160,13 +171,7 @@ describe('MeshEndpoint duplicate detection', () => {
   });
 
   it('processes a duplicated NON reading once and ignores the copy', async () => {
-    const endpoint = await startEndpoint();
-    const uplinks: Uplink[] = [];
-    endpoint.onUplink((uplink) => {
-      uplinks.push(uplink);
-      accept(uplink);
-    });
-    const client = await RawClient.open(endpoint.port!);
+    const { endpoint, uplinks, client } = await endpointWithClient({ acceptAtOnce: true });
     const datagram = readingPost(0x3003, Buffer.from('n1'), reading('dup-non'), false);
     client.send(datagram);
     await client.answered(1);
@@ -180,10 +185,7 @@ describe('MeshEndpoint duplicate detection', () => {
   });
 
   it('still joins the same reading sent under another message id by its record key, without calling it a duplicate', async () => {
-    const endpoint = await startEndpoint();
-    const uplinks: Uplink[] = [];
-    endpoint.onUplink((uplink) => uplinks.push(uplink));
-    const client = await RawClient.open(endpoint.port!);
+    const { endpoint, uplinks, client } = await endpointWithClient();
     const received = next(endpoint, 'received');
     client.send(readingPost(0x4001, Buffer.from('a'), reading('dup-key')));
     await received;
@@ -204,13 +206,7 @@ describe('MeshEndpoint duplicate detection', () => {
   });
 
   it('processes a new request that reuses an old message id and token with other bytes (a meter that restarted)', async () => {
-    const endpoint = await startEndpoint();
-    const uplinks: Uplink[] = [];
-    endpoint.onUplink((uplink) => {
-      uplinks.push(uplink);
-      accept(uplink);
-    });
-    const client = await RawClient.open(endpoint.port!);
+    const { endpoint, uplinks, client } = await endpointWithClient({ acceptAtOnce: true });
     client.send(readingPost(0x5005, Buffer.from('r'), reading('before-restart')));
     await client.answered(1);
     client.send(readingPost(0x5005, Buffer.from('r'), reading('after-restart')));
@@ -221,13 +217,7 @@ describe('MeshEndpoint duplicate detection', () => {
 
   it('forgets an exchange after its lifetime, so a copy after that is a new request', async () => {
     let now = 1_000_000;
-    const endpoint = await startEndpoint({ deduplication: { exchangeLifetimeMs: 247_000, now: () => now } });
-    const uplinks: Uplink[] = [];
-    endpoint.onUplink((uplink) => {
-      uplinks.push(uplink);
-      accept(uplink);
-    });
-    const client = await RawClient.open(endpoint.port!);
+    const { endpoint, uplinks, client } = await endpointWithClient({ acceptAtOnce: true, deduplication: { exchangeLifetimeMs: 247_000, now: () => now } });
     const datagram = readingPost(0x6006, Buffer.from('l'), reading('lifetime'));
     client.send(datagram);
     await client.answered(1);
@@ -259,7 +249,7 @@ describe('MeshEndpoint duplicate detection for the resource directory', () => {
     registry.on('joined', (meter) => joined.push(meter.id));
     const endpoint = await startEndpoint();
     const directory = new ResourceDirectory(registry, { maxInFlight: 16, retryAfterSeconds: 1 });
-    endpoint.addResource({ matches: (p) => ResourceDirectory.handles(p), handle: (req, res, p, q) => directory.handle(req, res, p, q) });
+    endpoint.addResource(directory);
     const client = await RawClient.open(endpoint.port!);
     const datagram = generate({
       code: '0.02',

@@ -10,7 +10,8 @@ import { MeshEndpoint, type Uplink } from '../../src/coap/endpoint.js';
 import { settleExchange } from '../../src/coap/exchanges.js';
 import { readingKey } from '../../src/coap/reading.js';
 import { explainListenError } from '../../src/coap/server.js';
-import { canonicalSourceAddress, MeshAllowlist } from '../../src/mesh/allowlist.js';
+import { canonicalSourceAddress } from '../../src/coap/address.js';
+import { MeshAllowlist } from '../../src/mesh/allowlist.js';
 import { ResourceDirectory } from '../../src/mesh/rd.js';
 import { MeterRegistry } from '../../src/mesh/registry.js';
 import { acquireDatabase } from '../../src/store/database.js';
@@ -60,7 +61,7 @@ async function openRegistry(): Promise<MeterRegistry> {
 
 function serveDirectory(endpoint: MeshEndpoint, registry: MeterRegistry): void {
   const directory = new ResourceDirectory(registry, { maxInFlight: 16, retryAfterSeconds: 1 });
-  endpoint.addResource({ matches: (p) => ResourceDirectory.handles(p), handle: (req, res, p, q) => directory.handle(req, res, p, q) });
+  endpoint.addResource(directory);
 }
 
 describe('canonicalSourceAddress', () => {
@@ -99,11 +100,13 @@ describe('MeshEndpoint bound to :: (dual stack)', () => {
   });
 
   it('admits IPv4 meters by an IPv4 prefix of the allowlist and drops the others unanswered', async () => {
-    const inside = await startEndpoint({ allowSource: (a) => MeshAllowlist.parse('127.0.0.0/8').allows(a) });
+    const loopback = MeshAllowlist.parse('127.0.0.0/8');
+    const inside = await startEndpoint({ allowSource: (a) => loopback.allows(a) });
     expect(await coapClient(['-m', 'post', '-t', '50', '-e', readingJson('v4-allowed'), '-v', '6', `coap://127.0.0.1:${inside.port}/readings`])).toMatch(/c:2\.04/);
     expect(inside.dropped).toBe(0);
 
-    const outside = await startEndpoint({ allowSource: (a) => MeshAllowlist.parse('10.0.0.0/8').allows(a) });
+    const tenNet = MeshAllowlist.parse('10.0.0.0/8');
+    const outside = await startEndpoint({ allowSource: (a) => tenNet.allows(a) });
     const dropped = once(outside, 'dropped');
     const answer = coapClient(['-m', 'post', '-t', '50', '-e', readingJson('v4-outside'), '-v', '6', `coap://127.0.0.1:${outside.port}/readings`], 1);
     const [peer] = (await dropped) as [{ address: string }];

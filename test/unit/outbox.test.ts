@@ -61,6 +61,35 @@ describe('outbox', () => {
     expect(stats.inFlight).toBe(3);
   });
 
+  it('takes on from where the last take stopped, goes back for released records, and on to new ones', async () => {
+    const outbox = await openOutbox(mkdtempSync(path.join(tmpRoot, 'cursor-')));
+    for (const key of ['a', 'b', 'c']) await outbox.append(record(key, 'metrology'));
+    expect((await outbox.take(2)).map((e) => e.key)).toEqual(['a', 'b']);
+    outbox.release(['a']);
+    await outbox.append(record('d', 'alarm'));
+    await outbox.append(record('e', 'metrology'));
+    expect((await outbox.take(10)).map((e) => e.key)).toEqual(['d', 'a', 'c', 'e']);
+    expect(await outbox.ack(['a', 'b', 'c', 'd', 'e'])).toBe(5);
+    expect(await outbox.take(10)).toEqual([]);
+    await outbox.append(record('f', 'event'));
+    expect((await outbox.take(10)).map((e) => e.key)).toEqual(['f']);
+  });
+
+  it('counts a record once when the budget makes room while its acknowledgement is being written', async () => {
+    // 13 bytes a record, three fit; a long commit window keeps the acknowledgement unwritten while appends decide.
+    const outbox = await openOutbox(mkdtempSync(path.join(tmpRoot, 'ack-drop-')), { maxBytes: 40, lingerMs: 50 });
+    await Promise.all(['1', '2', '3'].map((key) => outbox.append(record(key, 'metrology'))));
+    expect((await outbox.take(1)).map((e) => e.key)).toEqual(['1']);
+    const acked = outbox.ack(['1']);
+    // '5' needs room: the oldest metrology goes, and that is '2' ('1' is leaving already).
+    await Promise.all([outbox.append(record('4', 'metrology')), outbox.append(record('5', 'metrology'))]);
+    expect(await acked).toBe(1);
+    const left = (await outbox.take(10)).map((e) => e.key);
+    expect(left).toEqual(['3', '4', '5']);
+    const stats = await outbox.stats();
+    expect(stats.metrology).toMatchObject({ records: left.length, bytes: 13 * left.length, dropped: 1 });
+  });
+
   it('stores a key once, also when two appends of it race', async () => {
     const outbox = await openOutbox(mkdtempSync(path.join(tmpRoot, 'dedup-')));
     const results = await Promise.all([outbox.append(record('k', 'metrology')), outbox.append(record('k', 'metrology'))]);
@@ -149,10 +178,13 @@ describe('outbox', () => {
           if (seen === 200 * (run + 1)) kill();
         }
       });
-      const exited = new Promise<NodeJS.Signals | null>((resolve) => child.once('exit', (_code, signal) => resolve(signal)));
-      await enough;
+      // 'close', not 'exit': every line the child wrote before it died has been read by then.
+      const closed = new Promise<NodeJS.Signals | null>((resolve) => child.once('close', (_code, signal) => resolve(signal)));
+      // A child that dies on its own (dist/ not built, say) fails the test instead of leaving it waiting.
+      const outcome = await Promise.race([enough.then(() => 'enough' as const), closed.then(() => 'ended early' as const)]);
+      expect(outcome, `run ${run}: the child ended before ${200 * (run + 1)} records were safe`).toBe('enough');
       child.kill('SIGKILL');
-      expect(await exited).toBe('SIGKILL');
+      expect(await closed).toBe('SIGKILL');
     }
     const outbox = await openOutbox(dir);
     const stored = new Set((await outbox.take(1e7)).map((e) => e.key));

@@ -23,7 +23,7 @@ async function start(maxInFlight: number, maxMeters = 1000): Promise<void> {
   registry = await MeterRegistry.open(lease.db, { maxMeters, sync: false });
   endpoint = new MeshEndpoint({ bind: '::1', port: 0, acceptTimeoutMs: 1000, retryAfterSeconds: 5 });
   directory = new ResourceDirectory(registry, { maxInFlight, retryAfterSeconds: 1 });
-  endpoint.addResource({ matches: (p) => ResourceDirectory.handles(p), handle: (req, res, p, q) => directory.handle(req, res, p, q) });
+  endpoint.addResource(directory);
   await endpoint.start();
 }
 
@@ -59,9 +59,10 @@ describe('resource directory (RFC 9176) on the mesh endpoint', () => {
     expect(meter).toMatchObject({ endpoint: 'mtr-rd-1', lifetimeSeconds: 120, metrics: { rssi: -90, hops: 9 }, tags: { feeder: 'F7' }, firmware: { comm: '2.1.0' } });
     expect(meter?.resources.map((link) => link.target)).toEqual(['/1/0/0', '/3/0/1']);
 
-    const updated = await coapClient(['-m', 'post', '-v', '6', `${base}/rd/${id}?lt=300&rssi=-70`]);
+    const updated = await coapClient(['-m', 'post', '-v', '6', `${base}/rd/${id}?lt=300&rssi=-70&fw_metro=1.4.2`]);
     expect(updated).toMatch(/c:2\.04/);
-    expect(registry.get(id)).toMatchObject({ lifetimeSeconds: 300, metrics: { rssi: -70, hops: 9 } });
+    // New firmware versions reported in an update are kept, merged with the ones registered.
+    expect(registry.get(id)).toMatchObject({ lifetimeSeconds: 300, metrics: { rssi: -70, hops: 9 }, firmware: { comm: '2.1.0', metro: '1.4.2' } });
 
     const links = await coapClient(['-m', 'get', `${base}/rd/${id}`]);
     expect(links).toContain('</1/0/0>;rt="meter"');
@@ -93,22 +94,26 @@ describe('reconnect storm', () => {
     const meters = Array.from({ length: 300 }, (_, i) => `mtr-storm-${i}`);
     let deferred = 0;
     const agents: coap.Agent[] = [];
-    await Promise.all(
-      meters.map(async (name) => {
-        const agent = new coap.Agent({ type: 'udp6' });
-        agents.push(agent);
-        for (;;) {
-          const answer = await coapCall(`${base}/rd?ep=${name}&lt=3600`, { method: 'POST', payload: Buffer.from('</1/0/0>'), contentFormat: 40, timeoutMs: 20_000, agent });
-          if (answer.code === '2.01') return;
-          expect(answer.code).toBe('5.03');
-          expect(answer.maxAge).toBeGreaterThanOrEqual(1);
-          deferred += 1;
-          // As a meter does: wait Max-Age, here scaled down to keep the test short.
-          await new Promise((resolve) => setTimeout(resolve, (answer.maxAge ?? 1) * 20 * (1 + Math.random())));
-        }
-      }),
-    );
-    await Promise.all(agents.map((agent) => closeAgent(agent)));
+    try {
+      await Promise.all(
+        meters.map(async (name) => {
+          const agent = new coap.Agent({ type: 'udp6' });
+          agents.push(agent);
+          for (;;) {
+            const answer = await coapCall(`${base}/rd?ep=${name}&lt=3600`, { method: 'POST', payload: Buffer.from('</1/0/0>'), contentFormat: 40, timeoutMs: 20_000, agent });
+            if (answer.code === '2.01') return;
+            expect(answer.code).toBe('5.03');
+            expect(answer.maxAge).toBeGreaterThanOrEqual(1);
+            deferred += 1;
+            // As a meter does: wait Max-Age, here scaled down to keep the test short.
+            await new Promise((resolve) => setTimeout(resolve, (answer.maxAge ?? 1) * 20 * (1 + Math.random())));
+          }
+        }),
+      );
+    } finally {
+      // Closed whether or not every meter got in: a failed run leaves no socket behind.
+      await Promise.all(agents.map((agent) => closeAgent(agent)));
+    }
     expect(registry.size).toBe(300);
     expect(new Set(registry.list().map((meter) => meter.endpoint)).size).toBe(300);
     expect(deferred).toBeGreaterThan(0);

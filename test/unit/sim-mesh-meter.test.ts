@@ -96,16 +96,29 @@ describe('simulated meters joining the resource directory', () => {
     const joinedAt = new Map<string, number>();
     gateway.registry.on('joined', (meter) => joinedAt.set(meter.endpoint, Date.now()));
     const firstReadingAt = new Map<string, number>();
+    let readingFromEach: () => void = () => undefined;
+    const allReported = new Promise<void>((resolve) => (readingFromEach = resolve));
     gateway.endpoint.onUplink(({ exchangeId, reading }) => {
       if (!firstReadingAt.has(reading.meter)) firstReadingAt.set(reading.meter, Date.now());
       settleExchange(exchangeId, readingKey(reading.meter, reading.id), { accepted: true });
+      if (firstReadingAt.size === 12) readingFromEach();
     });
     const { fleet } = await startFleet({ gateway: gateway.url, count: 12, register: true, serve: true, readings: true, intervalMs: 300, startSpreadMs: 200 });
     await until(fleet, () => fleet.stats.registered === 12, 'all 12 registered');
-    // Readings follow registration; wait for one from every meter (polled: acknowledgements have no fleet-wide event).
-    const deadline = Date.now() + 20_000;
-    while (firstReadingAt.size < 12 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
+    // Readings follow registration; wait for one from every meter (a reading reaches the gateway before it is acknowledged).
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([allReported, new Promise<void>((resolve) => (timer = setTimeout(resolve, 20_000)))]);
+    clearTimeout(timer);
     expect(firstReadingAt.size).toBe(12);
+    // The meter counts a reading acknowledged only once the gateway's answer arrives.
+    await new Promise<void>((resolve) => {
+      if (fleet.stats.acknowledged >= 12) return resolve();
+      const stop = fleet.onAcknowledged(() => {
+        if (fleet.stats.acknowledged < 12) return;
+        stop();
+        resolve();
+      });
+    });
 
     expect(gateway.registry.size).toBe(12);
     for (const meter of fleet.meters()) {
@@ -337,8 +350,15 @@ describe('a simulated meter serving CoAP, with libcoap as the client', () => {
       socket.close();
     });
     await new Promise<void>((resolve) => socket.bind(0, '::1', () => resolve()));
-    const answers: Buffer[] = [];
-    socket.on('message', (message) => answers.push(message));
+    const ours: ReturnType<typeof parse>[] = [];
+    let answeredAll: () => void = () => undefined;
+    const allAnswered = new Promise<void>((resolve) => (answeredAll = resolve));
+    socket.on('message', (message) => {
+      const packet = parse(message);
+      if (packet.token.length !== 1 || ![1, 2, 3].includes(packet.messageId)) return;
+      ours.push(packet);
+      if (ours.length === 3) answeredAll();
+    });
     const send = (bytes: Buffer): Promise<void> => new Promise((resolve) => socket.send(bytes, port, '::1', () => resolve()));
     await send(randomBytes(64));
     await send(Buffer.from([0x40, 0x01, 0x00]));
@@ -348,13 +368,10 @@ describe('a simulated meter serving CoAP, with libcoap as the client', () => {
     await send(request(1, 'fw', Buffer.from([(3 << 4) | 0x8 | 2])));
     await send(request(2, 'fw', Buffer.from([0x0f])));
     await send(request(3, 'status', Buffer.from([0x02])));
-    const codes = async (): Promise<string[]> => {
-      const deadline = Date.now() + 5000;
-      const ours = () => answers.map((answer) => parse(answer)).filter((packet) => packet.token.length === 1 && [1, 2, 3].includes(packet.messageId));
-      while (ours().length < 3 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
-      return ours().sort((a, b) => a.messageId - b.messageId).map((packet) => packet.code);
-    };
-    expect(await codes()).toEqual(['4.08', '4.00', '4.02']);
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([allAnswered, new Promise<void>((resolve) => (timer = setTimeout(resolve, 5000)))]);
+    clearTimeout(timer);
+    expect(ours.sort((a, b) => a.messageId - b.messageId).map((packet) => packet.code)).toEqual(['4.08', '4.00', '4.02']);
     expect(server.lastUpload).toBeUndefined();
     const status = await coapClient(['-m', 'get', '-v', '6', `${base}/status`]);
     expect(status).toMatch(/c:2\.05/);

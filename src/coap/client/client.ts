@@ -29,6 +29,7 @@ const METHOD_CODES: Readonly<Record<MeshMethod, string>> = {
   PATCH: '0.06',
   iPATCH: '0.07',
 };
+export const MESH_METHODS = Object.keys(METHOD_CODES) as readonly MeshMethod[];
 
 export interface MeshClientOptions {
   transmission?: Partial<TransmissionParameters>;
@@ -166,10 +167,6 @@ export class MeshClient {
     return this.transport.local;
   }
 
-  get transmission(): Readonly<TransmissionParameters> {
-    return this.parameters;
-  }
-
   counters(): MeshClientCounters {
     return {
       ...this.messages.counters,
@@ -207,7 +204,8 @@ export class MeshClient {
    */
   async observe(request: Omit<MeshRequest, 'method'>, onNotification: (response: MeshResponse) => void): Promise<Observation> {
     if (this.closed) throw new MeshRequestError('CLOSED', 'the mesh client is closed', request.peer);
-    const observation = new Observation(this, request, onNotification, this.newToken());
+    const get: MeshRequest = { ...request, method: 'GET' };
+    const observation = new Observation(this, get, requestOptions(get), onNotification, this.newToken());
     this.observations.add(observation);
     observation.once('end', () => this.observations.delete(observation));
     try {
@@ -248,18 +246,18 @@ export class MeshClient {
     return this.now();
   }
 
-  /** @internal: one exchange with its own slot, under a given token. */
+  /** @internal: one exchange of `request` with its own slot, under a given token, with all its options. */
   async exchangeOnce(
     request: MeshRequest,
     token: Buffer,
-    extra: readonly MessageOption[],
+    options: MessageOption[],
     payload?: Buffer,
   ): Promise<{ response: ReceivedResponse; retransmissions: number }> {
     const slot = await this.scheduler.acquire(peerKey(request.peer), request.priority ?? 'metrology', request.signal);
     try {
       return await this.messages.exchange(
         request.peer,
-        { code: METHOD_CODES[request.method as MeshMethod] ?? '0.01', token, options: this.baseOptions(request, extra), ...(payload ? { payload } : {}) },
+        { code: METHOD_CODES[request.method], token, options, ...(payload ? { payload } : {}) },
         request.signal,
       );
     } finally {
@@ -267,8 +265,18 @@ export class MeshClient {
     }
   }
 
-  /** @internal: fetches the blocks after `first` (RFC 7959 Block2) and builds the response. */
-  async assemble(request: MeshRequest, first: ReceivedResponse, startedAt: number, exchanges: number, retransmissions: number): Promise<MeshResponse> {
+  /**
+   * @internal: fetches the blocks after `first` (RFC 7959 Block2) and builds
+   * the response. `options` are the request's (see requestOptions).
+   */
+  async assemble(
+    request: MeshRequest,
+    options: readonly MessageOption[],
+    first: ReceivedResponse,
+    startedAt: number,
+    exchanges: number,
+    retransmissions: number,
+  ): Promise<MeshResponse> {
     const maxBody = request.maxBodyBytes ?? this.maxBodyBytes;
     const firstBlock = blockOf(first, 'Block2');
     if (!firstBlock || !firstBlock.more || !first.code.startsWith('2.')) {
@@ -284,13 +292,14 @@ export class MeshClient {
     let received = first.payload.length;
     let block = firstBlock;
     // The rest of a notification's body is fetched with plain GETs (RFC 7959 section 2.6).
-    const follow: MeshRequest = { ...request, options: (request.options ?? []).filter((o) => o.name !== 'Observe') };
+    const follow = options.filter((o) => o.name !== 'Observe');
+    const payload = request.payload ? Buffer.from(request.payload) : undefined;
     while (block.more) {
       if (parts[parts.length - 1]!.length !== blockBytes(block.szx)) {
         throw new MeshRequestError('BLOCKWISE_ERR', `block ${block.num} has ${parts[parts.length - 1]!.length} bytes, not ${blockBytes(block.szx)}`, request.peer);
       }
       const wanted = { num: block.num + 1, more: false, szx: block.szx };
-      const { response, retransmissions: again } = await this.exchangeOnce(follow, this.newToken(), [{ name: 'Block2', value: encodeBlock(wanted) }], follow.payload ? Buffer.from(follow.payload) : undefined);
+      const { response, retransmissions: again } = await this.exchangeOnce(request, this.newToken(), [...follow, { name: 'Block2', value: encodeBlock(wanted) }], payload);
       exchanges += 1;
       retransmissions += again;
       if (!response.code.startsWith('2.')) {
@@ -322,23 +331,23 @@ export class MeshClient {
 
   private async run(request: MeshRequest): Promise<MeshResponse> {
     if (this.closed) throw new MeshRequestError('CLOSED', 'the mesh client is closed', request.peer);
-    checkRequest(request);
+    const options = requestOptions(request);
     const startedAt = this.now();
     const payload = request.payload ? Buffer.from(request.payload) : undefined;
     const blockSize = request.blockSize ?? this.blockSize;
-    const ask: MessageOption[] =
-      (request.method === 'GET' || request.method === 'FETCH') && request.blockSize !== undefined
-        ? [{ name: 'Block2', value: encodeBlock({ num: 0, more: false, szx: blockSzx(blockSize) }) }]
-        : [];
     if (!payload || payload.length <= blockSize) {
+      const ask: MessageOption[] =
+        (request.method === 'GET' || request.method === 'FETCH') && request.blockSize !== undefined
+          ? [...options, { name: 'Block2', value: encodeBlock({ num: 0, more: false, szx: blockSzx(blockSize) }) }]
+          : options;
       const { response, retransmissions } = await this.exchangeOnce(request, this.newToken(), ask, payload);
-      return this.assemble(request, response, startedAt, 1, retransmissions);
+      return this.assemble(request, options, response, startedAt, 1, retransmissions);
     }
-    return this.upload(request, payload, blockSzx(blockSize), startedAt);
+    return this.upload(request, options, payload, blockSzx(blockSize), startedAt);
   }
 
   /** RFC 7959 Block1: the payload in blocks, each acknowledged 2.31 Continue until the last. */
-  private async upload(request: MeshRequest, payload: Buffer, startSzx: number, startedAt: number): Promise<MeshResponse> {
+  private async upload(request: MeshRequest, options: readonly MessageOption[], payload: Buffer, startSzx: number, startedAt: number): Promise<MeshResponse> {
     let szx = startSzx;
     let offset = 0;
     let exchanges = 0;
@@ -348,14 +357,14 @@ export class MeshClient {
       const num = offset / size;
       const chunk = payload.subarray(offset, offset + size);
       const more = offset + size < payload.length;
-      const extra: MessageOption[] = [{ name: 'Block1', value: encodeBlock({ num, more, szx }) }];
+      const blockOptions: MessageOption[] = [...options, { name: 'Block1', value: encodeBlock({ num, more, szx }) }];
       // Size1 on the first block lets the meter refuse a body it cannot store before any is sent.
-      if (num === 0) extra.push({ name: 'Size1', value: encodeUint(payload.length) });
-      const { response, retransmissions: again } = await this.exchangeOnce(request, this.newToken(), extra, chunk);
+      if (num === 0) blockOptions.push({ name: 'Size1', value: encodeUint(payload.length) });
+      const { response, retransmissions: again } = await this.exchangeOnce(request, this.newToken(), blockOptions, chunk);
       exchanges += 1;
       retransmissions += again;
       const answered = blockOf(response, 'Block1');
-      if (!more) return this.assemble(request, response, startedAt, exchanges, retransmissions);
+      if (!more) return this.assemble(request, options, response, startedAt, exchanges, retransmissions);
       if (response.code === '2.31') {
         if (answered && answered.num !== num) {
           throw new MeshRequestError('BLOCKWISE_ERR', `sent block ${num}, the meter acknowledged block ${answered.num}`, request.peer);
@@ -373,15 +382,6 @@ export class MeshClient {
       // Any other answer ends the transfer; the caller sees it.
       return this.toMeshResponse(response, response.payload, startedAt, exchanges, retransmissions);
     }
-  }
-
-  private baseOptions(request: MeshRequest, extra: readonly MessageOption[]): MessageOption[] {
-    const options: MessageOption[] = [...pathOptions(request.path), ...queryOptions(request.query)];
-    if (request.contentFormat !== undefined && request.payload !== undefined) options.push({ name: 'Content-Format', value: encodeUint(request.contentFormat) });
-    if (request.accept !== undefined) options.push({ name: 'Accept', value: encodeUint(request.accept) });
-    for (const option of request.options ?? []) options.push(option);
-    for (const option of extra) options.push(option);
-    return options;
   }
 
   private toMeshResponse(head: ReceivedResponse, payload: Buffer, startedAt: number, exchanges: number, retransmissions: number): MeshResponse {
@@ -413,15 +413,20 @@ function blockOf(response: ReceivedResponse, name: 'Block1' | 'Block2'): ReturnT
 
 const RESERVED_OPTIONS: ReadonlySet<OptionName> = new Set(['Uri-Path', 'Uri-Query', 'Block1', 'Block2', 'Size1']);
 
-function checkRequest(request: MeshRequest): void {
+/**
+ * Checks `request` and builds its options, once per request: every exchange
+ * of it (one per block) sends these plus its block options.
+ */
+function requestOptions(request: MeshRequest): MessageOption[] {
   const bad = (message: string): never => {
     throw new MeshRequestError('BAD_REQUEST', message, request.peer);
   };
   if (!(request.method in METHOD_CODES)) bad(`unknown method ${String(request.method)}`);
   if (typeof request.path !== 'string' || !request.path.startsWith('/')) bad('path must start with /');
   if (Buffer.byteLength(request.path) > 255) bad('path longer than 255 bytes');
+  let path: MessageOption[] = [];
   try {
-    pathOptions(request.path);
+    path = pathOptions(request.path);
   } catch {
     bad(`path ${request.path} has a malformed percent-encoding`);
   }
@@ -438,6 +443,11 @@ function checkRequest(request: MeshRequest): void {
       bad((err as Error).message);
     }
   }
+  const options = [...path, ...queryOptions(request.query)];
+  if (request.contentFormat !== undefined && request.payload !== undefined) options.push({ name: 'Content-Format', value: encodeUint(request.contentFormat) });
+  if (request.accept !== undefined) options.push({ name: 'Accept', value: encodeUint(request.accept) });
+  if (request.options) options.push(...request.options);
+  return options;
 }
 
 export interface ObservationEvents {
@@ -459,17 +469,21 @@ export class Observation extends EventEmitter<ObservationEvents> {
   private lastObserve: number | undefined;
   private lastAt = 0;
   private watchdog: NodeJS.Timeout | undefined;
+  private watchdogMs = 0;
   private ended = false;
-  private readonly request: MeshRequest;
+  /** The registration's options: the GET's with Observe 0. */
+  private readonly registration: MessageOption[];
 
+  /** @internal: made by MeshClient.observe; `options` are the GET's (see requestOptions). */
   constructor(
     private readonly client: MeshClient,
-    request: Omit<MeshRequest, 'method'>,
+    private readonly request: MeshRequest,
+    private readonly options: readonly MessageOption[],
     private readonly onNotification: (response: MeshResponse) => void,
     readonly token: Buffer,
   ) {
     super();
-    this.request = { ...request, method: 'GET', options: [...(request.options ?? []), { name: 'Observe', value: encodeUint(0) }] };
+    this.registration = [...options, { name: 'Observe', value: encodeUint(0) }];
   }
 
   get active(): boolean {
@@ -483,7 +497,7 @@ export class Observation extends EventEmitter<ObservationEvents> {
     this.lastObserve = undefined;
     // Listen before sending: a notification may overtake the piggybacked answer.
     this.unlisten ??= this.client.listen(this.token, this.request.peer, (response) => this.notified(response));
-    const { response, retransmissions } = await this.client.exchangeOnce(this.request, this.token, []);
+    const { response, retransmissions } = await this.client.exchangeOnce(this.request, this.token, this.registration);
     await this.deliver(response, startedAt, retransmissions);
   }
 
@@ -491,12 +505,8 @@ export class Observation extends EventEmitter<ObservationEvents> {
   async cancel(): Promise<void> {
     if (this.ended) return;
     this.end(undefined);
-    const deregister: MeshRequest = {
-      ...this.request,
-      options: (this.request.options ?? []).filter((o) => o.name !== 'Observe').concat({ name: 'Observe', value: encodeUint(1) }),
-    };
     try {
-      await this.client.exchangeOnce(deregister, this.token, []);
+      await this.client.exchangeOnce(this.request, this.token, [...this.options, { name: 'Observe', value: encodeUint(1) }]);
     } catch {
       // The meter is gone or reset the message: either way it no longer notifies us,
       // and a late notification is answered with Reset by the message layer.
@@ -508,6 +518,7 @@ export class Observation extends EventEmitter<ObservationEvents> {
     if (this.ended) return;
     this.ended = true;
     clearTimeout(this.watchdog);
+    this.watchdog = undefined;
     this.unlisten?.();
     this.unlisten = undefined;
     this.emit('end', reason);
@@ -532,7 +543,7 @@ export class Observation extends EventEmitter<ObservationEvents> {
       this.lastObserve = observe;
       this.lastAt = now;
     }
-    const assembled = await this.client.assemble(this.request, response, startedAt, 1, retransmissions);
+    const assembled = await this.client.assemble(this.request, this.registration, response, startedAt, 1, retransmissions);
     if (this.ended) return;
     this.client.noteNotification(true);
     this.onNotification(assembled);
@@ -545,9 +556,15 @@ export class Observation extends EventEmitter<ObservationEvents> {
   }
 
   private armWatchdog(maxAgeSeconds: number): void {
-    clearTimeout(this.watchdog);
     // A margin beyond Max-Age so a notification sent just in time is not raced.
     const waitMs = maxAgeSeconds * 1000 + Math.max(2000, maxAgeSeconds * 100);
+    if (this.watchdog && waitMs === this.watchdogMs) {
+      // The usual case, a notification with the same Max-Age: restart the timer rather than make another.
+      this.watchdog.refresh();
+      return;
+    }
+    clearTimeout(this.watchdog);
+    this.watchdogMs = waitMs;
     this.watchdog = setTimeout(() => {
       this.register().catch((err: unknown) => this.end(err instanceof MeshRequestError ? err : new MeshRequestError('COMM_TIMEOUT_ERR', String(err), this.request.peer)));
     }, waitMs);

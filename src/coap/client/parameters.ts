@@ -31,11 +31,6 @@ export const RFC7252_TRANSMISSION: Readonly<TransmissionParameters> = Object.fre
   exchangeLifetimeMs: 247_000,
 });
 
-/** MAX_TRANSMIT_WAIT (section 4.8.2): the longest a sender waits for an ACK. */
-export function maxTransmitWaitMs(p: TransmissionParameters): number {
-  return p.ackTimeoutMs * (2 ** (p.maxRetransmit + 1) - 1) * p.ackRandomFactor;
-}
-
 export function checkTransmissionParameters(p: TransmissionParameters): void {
   const bad = (what: string): never => {
     throw new RangeError(`transmission parameters: ${what}`);

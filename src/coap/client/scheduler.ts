@@ -1,11 +1,12 @@
 import { MeshRequestError } from './errors.js';
+import { Fifo } from './fifo.js';
 
 /**
  * Two priority classes: control traffic (relay commands) goes ahead of
  * metrology reads and firmware blocks, at every meter and gateway-wide.
  */
 export type RequestPriority = 'control' | 'metrology';
-const PRIORITIES: readonly RequestPriority[] = ['control', 'metrology'];
+export const REQUEST_PRIORITIES: readonly RequestPriority[] = ['control', 'metrology'];
 
 export interface SchedulerOptions {
   /** Outstanding interactions per meter (NSTART). */
@@ -21,11 +22,10 @@ export interface ExchangeSlot {
   release(): void;
 }
 
+/** Waits in its peer's queue until granted, failed (close) or aborted; either way it leaves the queue. */
 interface Waiter {
-  priority: number;
   grant: (slot: ExchangeSlot) => void;
   fail: (err: Error) => void;
-  cancelled: boolean;
 }
 
 interface PeerState {
@@ -34,28 +34,6 @@ interface PeerState {
   queues: [Waiter[], Waiter[]];
   /** Whether the peer sits in the ready list of each priority (avoids duplicates there). */
   ready: [boolean, boolean];
-}
-
-/** A FIFO with amortised O(1) shift, for ready lists that can hold every meter. */
-class Fifo<T> {
-  private items: T[] = [];
-  private head = 0;
-  get length(): number {
-    return this.items.length - this.head;
-  }
-  push(item: T): void {
-    this.items.push(item);
-  }
-  shift(): T | undefined {
-    if (this.head >= this.items.length) return undefined;
-    const item = this.items[this.head];
-    this.head += 1;
-    if (this.head > 1024 && this.head * 2 > this.items.length) {
-      this.items = this.items.slice(this.head);
-      this.head = 0;
-    }
-    return item;
-  }
 }
 
 /**
@@ -91,9 +69,9 @@ export class ExchangeScheduler {
   acquire(peer: string, priority: RequestPriority, signal?: AbortSignal): Promise<ExchangeSlot> {
     if (this.closedWith) return Promise.reject(this.closedWith);
     if (signal?.aborted) return Promise.reject(new MeshRequestError('ABORTED', 'request aborted before it was sent'));
-    const state = this.peer(peer);
-    const level = PRIORITIES.indexOf(priority);
+    const level = REQUEST_PRIORITIES.indexOf(priority);
     if (level < 0) return Promise.reject(new MeshRequestError('BAD_REQUEST', `unknown priority ${String(priority)}`));
+    const state = this.peer(peer);
     // Fast path: nothing queued anywhere for this class and a slot is free.
     if (state.active < this.options.nstart && this.active < this.options.maxConcurrent && this.nothingAhead(state, level)) {
       return Promise.resolve(this.grantTo(state));
@@ -103,9 +81,8 @@ export class ExchangeScheduler {
       return Promise.reject(new MeshRequestError('QUEUE_FULL', `${this.queued} requests already wait for the mesh; try again later`));
     }
     return new Promise<ExchangeSlot>((resolve, reject) => {
+      // Runs only while the waiter is queued: granting and failing remove it.
       const onAbort = (): void => {
-        if (waiter.cancelled) return;
-        waiter.cancelled = true;
         this.queued -= 1;
         const queue = state.queues[level as 0 | 1];
         const at = queue.indexOf(waiter);
@@ -114,8 +91,6 @@ export class ExchangeScheduler {
         reject(new MeshRequestError('ABORTED', 'request aborted while waiting for the meter'));
       };
       const waiter: Waiter = {
-        priority: level,
-        cancelled: false,
         grant: (slot) => {
           signal?.removeEventListener('abort', onAbort);
           resolve(slot);
@@ -139,8 +114,6 @@ export class ExchangeScheduler {
     for (const state of this.peers.values()) {
       for (const queue of state.queues) {
         for (const waiter of queue.splice(0)) {
-          if (waiter.cancelled) continue;
-          waiter.cancelled = true;
           this.queued -= 1;
           waiter.fail(reason);
         }
@@ -218,8 +191,7 @@ export class ExchangeScheduler {
         state.ready[level] = false;
         if (state.active >= this.options.nstart) continue;
         const queue = state.queues[level];
-        let waiter = queue.shift();
-        while (waiter?.cancelled) waiter = queue.shift();
+        const waiter = queue.shift();
         if (!waiter) {
           this.forgetIfIdle(state);
           continue;

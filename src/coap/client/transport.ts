@@ -1,5 +1,6 @@
 import { createSocket, type Socket } from 'node:dgram';
 import { isIPv4 } from 'node:net';
+import { canonicalSourceAddress } from '../address.js';
 
 /** Where a datagram comes from or goes to. */
 export interface PeerAddress {
@@ -28,12 +29,7 @@ export interface DatagramTransport {
  * meter is one peer whichever way its address is written.
  */
 export function peerKey(peer: PeerAddress): string {
-  return `${normaliseAddress(peer.address)}|${peer.port}`;
-}
-
-export function normaliseAddress(address: string): string {
-  const lower = address.toLowerCase();
-  return lower.startsWith('::ffff:') && isIPv4(lower.slice(7)) ? lower.slice(7) : lower;
+  return `${canonicalSourceAddress(peer.address)}|${peer.port}`;
 }
 
 export interface UdpTransportOptions {
@@ -45,7 +41,11 @@ export interface UdpTransportOptions {
   receiveBufferBytes?: number;
 }
 
-/** A UDP socket as a DatagramTransport. Send errors (EHOSTUNREACH, ...) are reported, never thrown. */
+/**
+ * A UDP socket as a DatagramTransport. Send errors (EHOSTUNREACH, ...) are
+ * dropped, never thrown: the exchange retransmits and times out as if the
+ * datagram had been lost.
+ */
 export class UdpTransport implements DatagramTransport {
   private readonly receivers = new Set<(datagram: Buffer, peer: PeerAddress) => void>();
   private closed = false;
@@ -53,7 +53,6 @@ export class UdpTransport implements DatagramTransport {
   private constructor(
     private readonly socket: Socket,
     readonly local: PeerAddress,
-    private readonly onSendError: (err: Error, peer: PeerAddress) => void,
   ) {
     socket.on('message', (datagram, rinfo) => {
       const peer = { address: rinfo.address, port: rinfo.port };
@@ -61,7 +60,7 @@ export class UdpTransport implements DatagramTransport {
     });
   }
 
-  static async open(options: UdpTransportOptions, onSendError: (err: Error, peer: PeerAddress) => void = () => undefined): Promise<UdpTransport> {
+  static async open(options: UdpTransportOptions): Promise<UdpTransport> {
     const socket = createSocket({ type: isIPv4(options.bind) ? 'udp4' : 'udp6', reuseAddr: false });
     await new Promise<void>((resolve, reject) => {
       socket.once('error', reject);
@@ -73,8 +72,8 @@ export class UdpTransport implements DatagramTransport {
       socket.close();
       throw err;
     });
-    // After bind, socket errors (ICMP unreachable on some kernels) must not crash the process.
-    socket.on('error', (err) => onSendError(err, { address: '', port: 0 }));
+    // After bind, socket and send errors (ICMP unreachable on some kernels) must not crash the process.
+    socket.on('error', () => undefined);
     if (options.receiveBufferBytes !== undefined) {
       try {
         socket.setRecvBufferSize(options.receiveBufferBytes);
@@ -83,14 +82,13 @@ export class UdpTransport implements DatagramTransport {
       }
     }
     const { address, port } = socket.address();
-    return new UdpTransport(socket, { address, port }, onSendError);
+    return new UdpTransport(socket, { address, port });
   }
 
   send(datagram: Buffer, peer: PeerAddress): void {
     if (this.closed) return;
-    this.socket.send(datagram, peer.port, peer.address, (err) => {
-      if (err) this.onSendError(err, peer);
-    });
+    // Without a callback a send error is emitted as 'error', which open() ignores.
+    this.socket.send(datagram, peer.port, peer.address);
   }
 
   onDatagram(receiver: (datagram: Buffer, peer: PeerAddress) => void): () => void {
