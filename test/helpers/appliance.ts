@@ -19,6 +19,8 @@ export interface ApplianceProcess {
   health(): Promise<HealthSnapshot>;
   /** Resolves once `predicate` holds for /ami/health, polling as the process runs. */
   waitForHealth(predicate: (h: HealthSnapshot) => boolean, timeoutMs?: number): Promise<HealthSnapshot>;
+  /** Sends SIGKILL (a crash: nothing is flushed) and resolves once the process is gone. */
+  kill(): Promise<void>;
   /** Sends SIGTERM and resolves with the exit code and how long the exit took. */
   stop(): Promise<{ code: number | null; signal: NodeJS.Signals | null; ms: number }>;
   cleanup(): void;
@@ -28,10 +30,14 @@ export interface ApplianceProcess {
  * Starts `ami-gateway start` as a child process on free ports with its own
  * data directory. `env` adds to (or overrides) the appliance's environment.
  */
-export async function startApplianceProcess(env: Record<string, string> = {}): Promise<ApplianceProcess> {
-  const dataDir = mkdtempSync(path.join(os.tmpdir(), 'ami-gw-'));
-  const httpPort = await freeTcpPort();
-  const meshPort = await freeUdpPort();
+export async function startApplianceProcess(
+  env: Record<string, string> = {},
+  /** A previous run's data directory and ports: a restart of the same appliance. */
+  reuse: { dataDir?: string; httpPort?: number; meshPort?: number } = {},
+): Promise<ApplianceProcess> {
+  const dataDir = reuse.dataDir ?? mkdtempSync(path.join(os.tmpdir(), 'ami-gw-'));
+  const httpPort = reuse.httpPort ?? (await freeTcpPort());
+  const meshPort = reuse.meshPort ?? (await freeUdpPort());
   const child = spawn(process.execPath, [CLI, 'start'], {
     cwd: REPO_ROOT,
     env: {
@@ -81,6 +87,10 @@ export async function startApplianceProcess(env: Record<string, string> = {}): P
         await new Promise((resolve) => setTimeout(resolve, 250));
       }
       throw new Error(`health condition not met within ${timeoutMs} ms; last: ${JSON.stringify(last)}\n${output}`);
+    },
+    async kill() {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      await exited;
     },
     async stop() {
       const begun = Date.now();
