@@ -1,4 +1,6 @@
 import { packageVersion } from './package-info.js';
+import type { GrayFailure, SiteState } from '../hes/sites.js';
+import type { BackhaulSnapshot } from '../backhaul/monitor.js';
 
 /**
  * Process-wide health counters, fed by the nodes and read by `GET /ami/health`
@@ -32,8 +34,27 @@ export interface HealthSnapshot {
   outboxDepth: number;
   /** The HES endpoint records go to now, or null when none is configured. */
   hesEndpoint: string | null;
+  /** State of that site (healthy, gray, down, unknown), null when none is configured. */
+  hesActiveState: SiteState | null;
+  /** Switches away from a failing HES site, and back to a preferred one after the hold, since start. */
+  hesFailovers: number;
+  hesFailbacks: number;
+  /** The latest gray failure (a site answering probes but not batches within the budget), null when none. */
+  hesLastGrayFailure: GrayFailure | null;
+  /** Records the HES refused on their own, moved to the outbox's dead letters, since start. */
+  hesQuarantined: number;
+  /** The backhaul (OpenVPN) as its monitor sees it, null when nothing watches it. */
+  backhaul: BackhaulSnapshot | null;
   uptimeSeconds: number;
   version: string;
+}
+
+/** What one HES uplink reports of its sites (HesSites.status() has it). */
+export interface HesSitesHealth {
+  activeState: SiteState;
+  failovers: number;
+  failbacks: number;
+  lastGrayFailure: GrayFailure | null;
 }
 
 export interface KeysHealth {
@@ -54,6 +75,7 @@ export type Counter =
   | 'meshMalformed'
   | 'hesDelivered'
   | 'hesFailed'
+  | 'hesQuarantined'
   | 'dlmsDecoded'
   | 'dlmsFailed'
   | 'micFailures'
@@ -70,6 +92,7 @@ export class HealthRegistry {
     meshMalformed: 0,
     hesDelivered: 0,
     hesFailed: 0,
+    hesQuarantined: 0,
     dlmsDecoded: 0,
     dlmsFailed: 0,
     micFailures: 0,
@@ -78,6 +101,8 @@ export class HealthRegistry {
   private readonly keysSources = new Set<() => KeysHealth>();
   private readonly depthSources = new Set<() => number>();
   private readonly endpointSources = new Set<() => string | undefined>();
+  private readonly hesSources = new Set<() => HesSitesHealth>();
+  private readonly backhaulSources = new Set<() => BackhaulSnapshot>();
   private readonly problemSources = new Map<string, string>();
   private readonly startedAt = Date.now();
 
@@ -98,6 +123,18 @@ export class HealthRegistry {
     return () => this.endpointSources.delete(source);
   }
 
+  /** Registers a HES uplink's site report (one per HES endpoint); returns the function that removes it. */
+  addHesSource(source: () => HesSitesHealth): () => void {
+    this.hesSources.add(source);
+    return () => this.hesSources.delete(source);
+  }
+
+  /** Registers the backhaul monitor's snapshot (the first registered is reported); returns the remover. */
+  addBackhaulSource(source: () => BackhaulSnapshot): () => void {
+    this.backhaulSources.add(source);
+    return () => this.backhaulSources.delete(source);
+  }
+
   addKeysSource(source: () => KeysHealth): () => void {
     this.keysSources.add(source);
     return () => this.keysSources.delete(source);
@@ -107,6 +144,22 @@ export class HealthRegistry {
   setProblem(component: string, problem: string | undefined): void {
     if (problem === undefined) this.problemSources.delete(component);
     else this.problemSources.set(component, problem);
+  }
+
+  /** The HES sites of every endpoint: counters summed, the first endpoint's active site, the latest gray failure. */
+  private hesHealth(): Pick<HealthSnapshot, 'hesActiveState' | 'hesFailovers' | 'hesFailbacks' | 'hesLastGrayFailure'> {
+    let hesActiveState: SiteState | null = null;
+    let hesFailovers = 0;
+    let hesFailbacks = 0;
+    let hesLastGrayFailure: GrayFailure | null = null;
+    for (const source of this.hesSources) {
+      const report = source();
+      hesActiveState ??= report.activeState;
+      hesFailovers += report.failovers;
+      hesFailbacks += report.failbacks;
+      if (report.lastGrayFailure && (!hesLastGrayFailure || report.lastGrayFailure.at > hesLastGrayFailure.at)) hesLastGrayFailure = report.lastGrayFailure;
+    }
+    return { hesActiveState, hesFailovers, hesFailbacks, hesLastGrayFailure };
   }
 
   snapshot(): HealthSnapshot {
@@ -125,6 +178,7 @@ export class HealthRegistry {
       keys = source();
       break;
     }
+    const hes = this.hesHealth();
     const problems = [...this.problemSources.entries()].map(([component, problem]) => `${component}: ${problem}`);
     return {
       status: problems.length === 0 ? 'ok' : 'degraded',
@@ -133,6 +187,8 @@ export class HealthRegistry {
       keys,
       outboxDepth,
       hesEndpoint,
+      ...hes,
+      backhaul: this.backhaulSources.values().next().value?.() ?? null,
       uptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),
       version: this.version,
     };

@@ -1,7 +1,19 @@
 import { EventEmitter } from 'node:events';
-import { coapCall } from '../coap/request.js';
+import { performance } from 'node:perf_hooks';
+import { coapCall, CoapRequestError, type CoapResponse } from '../coap/request.js';
 import { CONTENT_FORMAT } from '../coap/reading.js';
 import { decodeAck, encodeBatch, HesContractError, MAX_BATCH_RECORDS, RECORDS_PATH, type HesRecord } from './contract.js';
+import {
+  coapSiteProber,
+  HesSites,
+  isTimeout,
+  type GrayFailure,
+  type HesFailoverOptions,
+  type HesSitesStatus,
+  type SiteLog,
+  type SiteProber,
+  type SiteSwitch,
+} from './sites.js';
 
 export interface HesUplinkOptions {
   /** Identity sent with every batch. */
@@ -14,6 +26,12 @@ export interface HesUplinkOptions {
   maxBatch: number;
   /** Records held in memory waiting for the HES; past this, submit() refuses at once. */
   maxQueued: number;
+  /** Latency budget, probes, failback hold (src/hes/sites.ts); defaults from DEFAULT_FAILOVER_OPTIONS. */
+  failover?: Partial<HesFailoverOptions>;
+  /** Where gray failures (COORDINATOR_TIMEOUT_EXCEEDED), failovers and failbacks are logged. */
+  log?: SiteLog;
+  /** How sites are probed; CoAP by default. */
+  prober?: SiteProber;
 }
 
 export const DEFAULT_UPLINK_OPTIONS = {
@@ -30,6 +48,8 @@ export class HesUplinkError extends Error {
   constructor(
     readonly code: HesUplinkErrorCode,
     message: string,
+    /** For REJECTED from the HES: the 4.xx it answered (the batch as a whole was refused). */
+    readonly responseCode?: string,
   ) {
     super(message);
   }
@@ -46,7 +66,12 @@ export interface HesUplinkEvents {
   sending: [records: number];
   delivered: [records: HesRecord[], endpoint: string];
   failed: [err: HesUplinkError, records: number];
+  /** Records go to another site now (a failover or a failback). */
   endpoint: [endpoint: string];
+  /** The same switch, with its reason. */
+  switch: [change: SiteSwitch];
+  /** A site answers probes but not batches within the latency budget. */
+  gray: [failure: GrayFailure];
 }
 
 /**
@@ -81,16 +106,17 @@ export function hesResourceUrl(base: string, resource: string): string {
  * Delivers records to the HES in CBOR batches and tells each submitter
  * whether the HES accepted its record. One batch is in flight at a time, so
  * a recovering HES sees a steady stream instead of every waiting meter at
- * once. Endpoints are tried in order; the one that answered last stays
- * active. (Health probes, gray-failure detection and failback come with the
- * north-side work.)
+ * once. Which site a batch goes to is HesSites' choice (src/hes/sites.ts):
+ * the active one, then the others when it fails; health probes, gray-failure
+ * detection and failback with hysteresis live there.
  */
 export class HesUplink extends EventEmitter<HesUplinkEvents> {
   private readonly queue: Queued[] = [];
   private inFlight = 0;
   private sending = false;
   private lingerTimer: NodeJS.Timeout | undefined;
-  private activeIndex = 0;
+  /** The sites, their health and the active one. */
+  readonly sites: HesSites;
   private closed = false;
   private flushing: Promise<void> | undefined;
   private readonly abort = new AbortController();
@@ -102,6 +128,13 @@ export class HesUplink extends EventEmitter<HesUplinkEvents> {
     super();
     if (options.endpoints.length === 0) throw new HesUplinkError('UNAVAILABLE', 'no HES endpoint configured');
     this.options = { ...options, maxBatch: Math.min(options.maxBatch, MAX_BATCH_RECORDS) };
+    this.sites = new HesSites(options.endpoints, options.failover ?? {}, options.prober ?? coapSiteProber(options.gateway), options.log);
+    this.sites.on('switch', (change) => {
+      this.emit('endpoint', change.to);
+      this.emit('switch', change);
+    });
+    this.sites.on('gray', (failure) => this.emit('gray', failure));
+    this.sites.start();
   }
 
   /** Records accepted from the mesh and not yet confirmed by the HES. */
@@ -110,7 +143,20 @@ export class HesUplink extends EventEmitter<HesUplinkEvents> {
   }
 
   get activeEndpoint(): string {
-    return this.options.endpoints[this.activeIndex] as string;
+    return this.sites.activeUrl;
+  }
+
+  /** Sites, their state and latency, the active one, failover and failback counters. */
+  status(): HesSitesStatus {
+    return this.sites.status();
+  }
+
+  /**
+   * The backhaul went down (or came back): probes pause, and batches failing
+   * meanwhile are not held against the sites.
+   */
+  setLinkUp(up: boolean): void {
+    this.sites.setLinkUp(up);
   }
 
   /**
@@ -142,6 +188,7 @@ export class HesUplink extends EventEmitter<HesUplinkEvents> {
   async close(): Promise<void> {
     this.closed = true;
     clearTimeout(this.lingerTimer);
+    this.sites.stop();
     this.abort.abort();
     for (const entry of this.queue.splice(0)) {
       entry.reject(new HesUplinkError('CLOSED', 'HES uplink closed before delivery'));
@@ -197,26 +244,27 @@ export class HesUplink extends EventEmitter<HesUplinkEvents> {
 
   /**
    * Posts one batch (at most MAX_BATCH_RECORDS, its acknowledgement within
-   * MAX_ACK_BYTES: see batchLength) to the HES sites in order, starting with
-   * the active one, and resolves with the keys the HES accepted. Rejects with
-   * UNAVAILABLE when no site answered, REJECTED when one refused the batch
-   * (4.xx), CLOSED when the uplink closed meanwhile. Emits 'delivered' and
-   * 'failed' as a submitted batch does.
+   * MAX_ACK_BYTES: see batchLength) to the active HES site, then to the others
+   * as HesSites orders them, and resolves with the keys the HES accepted.
+   * Rejects with UNAVAILABLE when no site answered, REJECTED when one refused
+   * the batch (4.xx, in `responseCode`), CLOSED when the uplink closed
+   * meanwhile. Emits 'delivered' and 'failed' as a submitted batch does
+   * ('failed' for a refusal only with `reportRefusal`, true by default: the
+   * drain's search for poison records sends parts of a refused batch again).
    */
-  async postBatch(records: HesRecord[]): Promise<{ accepted: Set<string>; endpoint: string }> {
+  async postBatch(records: HesRecord[], { reportRefusal = true }: { reportRefusal?: boolean } = {}): Promise<{ accepted: Set<string>; endpoint: string }> {
     if (this.closed) throw new HesUplinkError('CLOSED', 'HES uplink is closed');
     const payload = encodeBatch({ gateway: this.options.gateway, records });
     const failures: string[] = [];
-    const count = this.options.endpoints.length;
-    for (let attempt = 0; attempt < count; attempt++) {
-      const index = (this.activeIndex + attempt) % count;
+    const tried = new Set<number>();
+    for (let index = this.sites.nextCandidate(tried); index !== undefined && !this.closed; index = this.sites.nextCandidate(tried)) {
+      tried.add(index);
       try {
-        const outcome = await this.deliverTo(index, payload, records);
-        if (outcome) return outcome;
+        return await this.deliverTo(index, payload, records, tried, reportRefusal);
       } catch (err) {
         if (err instanceof HesUplinkError) throw err;
         if (this.closed) break;
-        failures.push(`${this.options.endpoints[index]}: ${(err as Error).message}`);
+        failures.push(`${this.sites.url(index)}: ${(err as Error).message}`);
       }
     }
     if (this.closed) throw new HesUplinkError('CLOSED', 'HES uplink closed during delivery');
@@ -232,33 +280,54 @@ export class HesUplink extends EventEmitter<HesUplinkEvents> {
     else entry.resolve();
   }
 
-  /** The endpoint that just answered becomes the active one, before anyone hears of the outcome. */
-  private activate(index: number): void {
-    if (index === this.activeIndex) return;
-    this.activeIndex = index;
-    this.emit('endpoint', this.activeEndpoint);
-  }
-
-  /** The accepted keys when this site gave a final answer; throws (plain Error) to try the next site. */
-  private async deliverTo(index: number, payload: Buffer, records: HesRecord[]): Promise<{ accepted: Set<string>; endpoint: string }> {
-    const endpoint = this.options.endpoints[index] as string;
-    const response = await coapCall(hesResourceUrl(endpoint, RECORDS_PATH), {
-      method: 'POST',
-      payload,
-      contentFormat: CONTENT_FORMAT.cbor,
-      accept: CONTENT_FORMAT.cbor,
-      timeoutMs: this.options.requestTimeoutMs,
-      signal: this.abort.signal,
-    });
+  /**
+   * The accepted keys when this site gave a final answer; throws (plain Error)
+   * to try the next site. While another usable site is left to try, a batch
+   * unanswered after the latency budget × abortFactor is abandoned for it.
+   */
+  private async deliverTo(
+    index: number,
+    payload: Buffer,
+    records: HesRecord[],
+    tried: ReadonlySet<number>,
+    reportRefusal: boolean,
+  ): Promise<{ accepted: Set<string>; endpoint: string }> {
+    const endpoint = this.sites.url(index);
+    const abortAfter = this.sites.abortAfterMs(index, tried);
+    const timeoutMs = abortAfter === undefined ? this.options.requestTimeoutMs : Math.min(this.options.requestTimeoutMs, abortAfter);
+    const started = performance.now();
+    let response: CoapResponse;
+    try {
+      response = await coapCall(hesResourceUrl(endpoint, RECORDS_PATH), {
+        method: 'POST',
+        payload,
+        contentFormat: CONTENT_FORMAT.cbor,
+        accept: CONTENT_FORMAT.cbor,
+        timeoutMs,
+        signal: this.abort.signal,
+      });
+    } catch (err) {
+      if (!this.closed) {
+        if (isTimeout(err)) this.sites.recordTimeout(index, timeoutMs);
+        else if (!(err instanceof CoapRequestError && err.code === 'ABORTED')) this.sites.recordUnavailable(index);
+      }
+      throw err;
+    }
+    const latencyMs = performance.now() - started;
     if (response.code === '2.04' || response.code === '2.01') {
       let accepted: Set<string>;
       try {
         accepted = new Set(decodeAck(response.payload).accepted);
       } catch (err) {
+        this.sites.recordUnavailable(index);
         if (err instanceof HesContractError) throw new Error(`unreadable acknowledgement: ${err.message}`);
         throw err;
       }
-      this.activate(index);
+      // Before anyone hears of the outcome: a site that answered after another failed this batch is
+      // where records go now. (The first site tried may no longer be the active one: a failback can
+      // come while its batch is in flight, and that batch's answer must not undo it.)
+      if (tried.size > 1) this.sites.answeredInstead(index);
+      this.sites.recordAnswer(index, latencyMs);
       this.emit('delivered', records.filter((record) => accepted.has(record.key)), endpoint);
       return { accepted, endpoint };
     }
@@ -266,12 +335,14 @@ export class HesUplink extends EventEmitter<HesUplinkEvents> {
       const error = new HesUplinkError(
         'REJECTED',
         `HES refused the batch with ${response.code}: ${response.payload.toString('utf8').slice(0, 200)}`,
+        response.code,
       );
-      this.activate(index);
-      this.emit('failed', error, records.length);
+      if (tried.size > 1) this.sites.answeredInstead(index);
+      this.sites.recordAnswer(index, latencyMs);
+      if (reportRefusal) this.emit('failed', error, records.length);
       throw error;
     }
+    this.sites.recordUnavailable(index);
     throw new Error(`answered ${response.code}${response.maxAge === undefined ? '' : ` (Max-Age ${response.maxAge})`}`);
   }
 }
-
