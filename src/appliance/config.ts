@@ -3,6 +3,7 @@ import { MeshAllowlist } from '../mesh/allowlist.js';
 import { isIP } from 'node:net';
 import path from 'node:path';
 import { parseCoapUrl } from '../coap/url.js';
+import { DEFAULT_MANAGEMENT_ADDRESS, parseManagementAddress } from '../backhaul/address.js';
 
 /** A configuration value that cannot be used. Carries the variable's name so the operator knows what to fix. */
 export class ConfigError extends Error {
@@ -27,6 +28,13 @@ export interface ApplianceConfig {
   credentialSecret: string | undefined;
   hesPrimary: string | undefined;
   hesSecondary: string | undefined;
+  /**
+   * HES failover (docs/hes-uplink.md), ms; undefined: the HES endpoint's own
+   * setting or default (2000, 5000, 60000). The default flow reads them as ${VAR}.
+   */
+  hesLatencyBudgetMs: number | undefined;
+  hesProbeIntervalMs: number | undefined;
+  hesFailbackHoldMs: number | undefined;
   meshPort: number;
   meshBind: string;
   simMeters: number;
@@ -42,6 +50,8 @@ export interface ApplianceConfig {
   allowMesh: string;
   /** Serve readings and DLMS frames only to addresses a registered meter has (the resource directory stays open). */
   meshRegisteredOnly: boolean;
+  /** OpenVPN's management interface (AMI_BACKHAUL_MGMT): where `ami-gateway backhaul` connects. */
+  backhaulMgmt: string;
   logLevel: LogLevel;
 }
 
@@ -69,6 +79,11 @@ export function parseInteger(variable: string, raw: string, min: number, max: nu
     throw new ConfigError(variable, `must be between ${min} and ${max}, got ${value}`);
   }
   return value;
+}
+
+function optionalInteger(env: Env, name: string, min: number, max: number): number | undefined {
+  const raw = nonEmpty(env, name);
+  return raw === undefined ? undefined : parseInteger(name, raw, min, max);
 }
 
 function port(env: Env, name: string, fallback: number): number {
@@ -120,6 +135,16 @@ function flag(env: Env, name: string, fallback: boolean): boolean {
   throw new ConfigError(name, `expected true or false, got "${raw}"`);
 }
 
+function backhaulManagement(env: Env): string {
+  const raw = nonEmpty(env, 'AMI_BACKHAUL_MGMT') ?? DEFAULT_MANAGEMENT_ADDRESS;
+  try {
+    parseManagementAddress(raw);
+  } catch (err) {
+    throw new ConfigError('AMI_BACKHAUL_MGMT', (err as Error).message);
+  }
+  return raw;
+}
+
 function trustAnchorsFile(env: Env, cwd: string): string | undefined {
   const raw = nonEmpty(env, 'AMI_KEYS_TRUST_ANCHORS');
   if (raw === undefined) return undefined;
@@ -148,6 +173,9 @@ export function loadConfig(env: Env = process.env, cwd: string = process.cwd()):
     credentialSecret: nonEmpty(env, 'AMI_CREDENTIAL_SECRET'),
     hesPrimary: hesUrl(env, 'AMI_HES_PRIMARY'),
     hesSecondary: hesUrl(env, 'AMI_HES_SECONDARY'),
+    hesLatencyBudgetMs: optionalInteger(env, 'AMI_HES_LATENCY_BUDGET_MS', 50, 120_000),
+    hesProbeIntervalMs: optionalInteger(env, 'AMI_HES_PROBE_INTERVAL_MS', 0, 3_600_000),
+    hesFailbackHoldMs: optionalInteger(env, 'AMI_HES_FAILBACK_HOLD_MS', 0, 86_400_000),
     meshPort: port(env, 'AMI_MESH_PORT', DEFAULT_MESH_PORT),
     meshBind: bindAddress(env, 'AMI_MESH_BIND') ?? '::1',
     simMeters:
@@ -161,6 +189,7 @@ export function loadConfig(env: Env = process.env, cwd: string = process.cwd()):
     keysTrustAnchors: trustAnchorsFile(env, cwd),
     allowMesh: allowMesh(env),
     meshRegisteredOnly: flag(env, 'AMI_MESH_REGISTERED_ONLY', false),
+    backhaulMgmt: backhaulManagement(env),
     logLevel: logLevelRaw as LogLevel,
   };
 }
