@@ -14,6 +14,16 @@ import { cborDecode, cborEncode } from '../coap/cbor.js';
 export const RECORDS_PATH = '/ami/v1/records';
 export const HEALTH_PATH = '/ami/v1/health';
 
+/**
+ * Signed commands from the HES (docs/hes-commands.md), with `?gw=<gateway id>`:
+ *   GET  /ami/v1/commands?gw=ID        2.05 CBOR [{id, envelope}, ...], the oldest waiting envelopes
+ *   GET  /ami/v1/commands/state?gw=ID  2.05 CBOR {pending, version}, observable (RFC 7641)
+ *   POST /ami/v1/commands/ack          CBOR {gateway, ids}: 2.04, the entries leave the queue
+ */
+export const COMMANDS_PATH = '/ami/v1/commands';
+export const COMMANDS_STATE_PATH = '/ami/v1/commands/state';
+export const COMMANDS_ACK_PATH = '/ami/v1/commands/ack';
+
 export const RECORD_KINDS = ['alarm', 'result', 'event', 'reading'] as const;
 export type RecordKind = (typeof RECORD_KINDS)[number];
 

@@ -4,10 +4,10 @@
  * the checks and their order are specified for HES vendors in
  * docs/key-bundles.md; keep the two in step.
  *
- * Division of labour: node-forge parses the X.509 certificates and validates
- * the chain (signatures, names, validity dates, basicConstraints); node:crypto
- * does the RSA work on the bundle itself (RSASSA-PSS, RSA-OAEP) and hashing,
- * and `dlms/keywrap.ts` does RFC 3394 through OpenSSL.
+ * Division of labour: `certificate-chain.ts` parses the X.509 certificates and
+ * checks the signer chain (with node-forge), shared with the signed HES
+ * commands; node:crypto does the RSA work on the bundle itself (RSASSA-PSS,
+ * RSA-OAEP) and hashing, and `dlms/keywrap.ts` does RFC 3394 through OpenSSL.
  */
 import {
   constants,
@@ -21,9 +21,22 @@ import {
   verify,
   type KeyObject,
 } from 'node:crypto';
-import forge from 'node-forge';
+import type forge from 'node-forge';
 import { cborDecode, cborEncode } from '../coap/cbor.js';
 import { unwrapKey, wrapKey } from '../dlms/keywrap.js';
+import {
+  CertificateChainError,
+  certificateDerFromPem,
+  certificatePublicKey,
+  MIN_RSA_BITS,
+  OID_ANY_EXTENDED_KEY_USAGE,
+  OID_KP_CODE_SIGNING,
+  OID_KP_DOCUMENT_SIGNING,
+  parseCertificateDer,
+  parseTrustAnchors,
+  verifySignerChain,
+  type SignerPolicy,
+} from './certificate-chain.js';
 
 // ---------------------------------------------------------------------------
 // Public types
@@ -124,7 +137,6 @@ const WRAPPED_KEY_BYTES = 24;
 const BUNDLE_KEY_BYTES = 16;
 const FINGERPRINT_BYTES = 32;
 const PSS_SALT_BYTES = 32;
-const MIN_RSA_BITS = 2048;
 const MAX_GATEWAY_CHARS = 128;
 const MAX_METER_CHARS = 64;
 
@@ -132,28 +144,6 @@ const OUTER_KEYS = ['v', 'body', 'sig', 'chain'] as const;
 const BODY_KEYS = ['typ', 'gateway', 'epoch', 'since', 'full', 'issuedAt', 'recipient', 'bundleKey', 'meters', 'removed'] as const;
 const BODY_REQUIRED = BODY_KEYS.filter((k) => k !== 'removed');
 const METER_KEYS = ['systemTitle', 'meter', 'epoch', 'ek', 'ak', 'kek'] as const;
-
-/** Certificate signature algorithms accepted anywhere in the chain (no MD5/SHA-1). */
-const ACCEPTED_CERT_SIGNATURE_OIDS = new Set([
-  '1.2.840.113549.1.1.10', // RSASSA-PSS
-  '1.2.840.113549.1.1.11', // sha256WithRSAEncryption
-  '1.2.840.113549.1.1.12', // sha384WithRSAEncryption
-  '1.2.840.113549.1.1.13', // sha512WithRSAEncryption
-]);
-
-/** Extended key usages that permit signing key bundles (see docs/key-bundles.md). */
-const SIGNING_EKUS = new Set([
-  '2.5.29.37.0', // anyExtendedKeyUsage
-  '1.3.6.1.5.5.7.3.3', // id-kp-codeSigning
-  '1.3.6.1.5.5.7.3.36', // id-kp-documentSigning (RFC 9336)
-]);
-
-const OID_EXT_KEY_USAGE = '2.5.29.37';
-const OID_KEY_USAGE = '2.5.29.15';
-const OID_BASIC_CONSTRAINTS = '2.5.29.19';
-
-// node-forge's certificateError values (not in @types/node-forge).
-const FORGE_CERT_EXPIRED = 'forge.pki.CertificateExpired';
 
 // ---------------------------------------------------------------------------
 // Fingerprints
@@ -226,7 +216,12 @@ export function createKeyBundle(bundle: KeyBundle, opts: CreateKeyBundleOptions)
   if (opts.signerChainPem.length < 1 || opts.signerChainPem.length > MAX_CHAIN_CERTS) {
     throw new KeyBundleError('BAD_FORMAT', `signerChainPem must hold 1 to ${MAX_CHAIN_CERTS} certificates`);
   }
-  const chain = opts.signerChainPem.map((pem, i) => certificateDerFromPem(pem, i));
+  let chain: Buffer[];
+  try {
+    chain = opts.signerChainPem.map((pem, i) => certificateDerFromPem(pem, `signerChainPem[${i}]`));
+  } catch (err) {
+    throw err instanceof CertificateChainError ? keyBundleErrorOf(err) : err;
+  }
   let signerKey: KeyObject;
   let recipientKey: KeyObject;
   try {
@@ -241,8 +236,13 @@ export function createKeyBundle(bundle: KeyBundle, opts: CreateKeyBundleOptions)
   if ((recipientKey.asymmetricKeyDetails?.modulusLength ?? 0) < MIN_RSA_BITS) {
     throw new KeyBundleError('BAD_FORMAT', `the recipient key must have at least ${MIN_RSA_BITS} bits`);
   }
-  const leaf = parseCertificate(chain[0] as Buffer, 0);
-  if (!spkiSha256(leafPublicKey(leaf)).equals(spkiSha256(createPublicKey(signerKey)))) {
+  let leaf: forge.pki.Certificate;
+  try {
+    leaf = parseCertificateDer(chain[0] as Buffer, 'chain[0]');
+  } catch (err) {
+    throw err instanceof CertificateChainError ? keyBundleErrorOf(err) : err;
+  }
+  if (!spkiSha256(certificatePublicKey(leaf)).equals(spkiSha256(createPublicKey(signerKey)))) {
     throw new KeyBundleError('BAD_FORMAT', 'signer private key does not match the first certificate of signerChainPem');
   }
 
@@ -318,6 +318,7 @@ export function openKeyBundle(bytes: Uint8Array, opts: OpenKeyBundleOptions): Ke
     return openChecked(bytes, opts);
   } catch (err) {
     if (err instanceof KeyBundleError) throw err;
+    if (err instanceof CertificateChainError) throw keyBundleErrorOf(err);
     // Fail closed on anything unforeseen; only the error's class name is kept,
     // so that no library message can carry key material into logs.
     const name = err instanceof Error ? err.name : typeof err;
@@ -361,19 +362,17 @@ function openChecked(bytes: Uint8Array, opts: OpenKeyBundleOptions): KeyBundle {
   if (!Array.isArray(outer.chain) || outer.chain.length < 1 || outer.chain.length > MAX_CHAIN_CERTS) {
     throw new KeyBundleError('BAD_FORMAT', `chain must be an array of 1 to ${MAX_CHAIN_CERTS} certificates`);
   }
-  const chain = outer.chain.map((der: unknown, i) => parseCertificate(bytesField(der, `chain[${i}]`), i));
+  const chain = outer.chain.map((der: unknown, i) => parseCertificateDer(bytesField(der, `chain[${i}]`), `chain[${i}]`));
   const body = parseBody(bodyBytes);
   const leaf = chain[0] as forge.pki.Certificate;
 
-  // 2. Chain up to a trust anchor, then validity dates.
-  verifyChain(chain, opts.trustAnchorsPem, opts.now ?? new Date());
-
-  // 3. Key usage.
-  checkSignerUsage(leaf);
-  chain.slice(1).forEach((cert, i) => checkIssuerUsage(cert, i + 1));
+  // 2. Chain up to a trust anchor, then validity dates; 3. key usage
+  // (certificate-chain.ts throws CertificateChainError, which openKeyBundle
+  // turns into KeyBundleError).
+  verifySignerChain(chain, parseTrustAnchors(opts.trustAnchorsPem), opts.now ?? new Date(), BUNDLE_SIGNER_POLICY);
 
   // 4. Signature over the body with the signer's key.
-  const signerKey = leafPublicKey(leaf);
+  const signerKey = certificatePublicKey(leaf);
   let good = false;
   try {
     good = verify('sha256', bodyBytes, { key: signerKey, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: PSS_SALT_BYTES }, sig);
@@ -559,238 +558,16 @@ function normaliseSystemTitle(value: unknown, what: string): string {
 }
 
 // ---------------------------------------------------------------------------
-// Certificates
+// Certificates (checked by certificate-chain.ts)
 
-function certificateDerFromPem(pem: string, index: number): Buffer {
-  let blocks: forge.pem.ObjectPEM[];
-  try {
-    blocks = forge.pem.decode(pem);
-  } catch {
-    blocks = [];
-  }
-  const block = blocks[0];
-  if (blocks.length !== 1 || block === undefined || block.type !== 'CERTIFICATE') {
-    throw new KeyBundleError('BAD_FORMAT', `signerChainPem[${index}] must hold exactly one PEM certificate`);
-  }
-  return Buffer.from(block.body, 'binary');
-}
+/** Extended key usages that permit signing key bundles (see docs/key-bundles.md). */
+const BUNDLE_SIGNER_POLICY: SignerPolicy = {
+  signerPurposes: new Set([OID_ANY_EXTENDED_KEY_USAGE, OID_KP_CODE_SIGNING, OID_KP_DOCUMENT_SIGNING]),
+  signerLabel: 'signer',
+  purposeLabel: 'signing key bundles',
+};
 
-function parseCertificate(der: Uint8Array, index: number): forge.pki.Certificate {
-  let asn1: forge.asn1.Asn1;
-  let cert: forge.pki.Certificate;
-  try {
-    // forge works on "binary" strings; fromDer is strict and rejects trailing bytes.
-    asn1 = forge.asn1.fromDer(Buffer.from(der).toString('binary'));
-    cert = forge.pki.certificateFromAsn1(asn1);
-  } catch {
-    throw new KeyBundleError('BAD_FORMAT', `chain[${index}] is not an X.509 certificate with an RSA key`);
-  }
-  if (!sameSignatureAlgorithm(asn1)) {
-    throw new KeyBundleError('BAD_FORMAT', `chain[${index}]: signatureAlgorithm differs from the signature field of tbsCertificate`);
-  }
-  return cert;
-}
-
-/**
- * RFC 5280 4.1.1.2: the AlgorithmIdentifier next to the signature must equal
- * the one inside tbsCertificate. forge compares only the OIDs; comparing the
- * whole encoding also closes the unsigned parameters to alteration.
- */
-function sameSignatureAlgorithm(certAsn1: forge.asn1.Asn1): boolean {
-  const top = certAsn1.value;
-  if (!Array.isArray(top) || top.length !== 3) return false;
-  const [tbs, outer] = top;
-  if (tbs === undefined || outer === undefined || !Array.isArray(tbs.value)) return false;
-  // tbsCertificate starts with the optional [0] version, then serialNumber, then signature.
-  const first = tbs.value[0];
-  const hasVersion = first !== undefined && first.tagClass === forge.asn1.Class.CONTEXT_SPECIFIC && first.type === 0;
-  const inner = tbs.value[hasVersion ? 2 : 1];
-  if (inner === undefined) return false;
-  return forge.asn1.toDer(inner).getBytes() === forge.asn1.toDer(outer).getBytes();
-}
-
-function parseTrustAnchors(pems: readonly string[]): forge.pki.Certificate[] {
-  const anchors: forge.pki.Certificate[] = [];
-  pems.forEach((pem, i) => {
-    let blocks: forge.pem.ObjectPEM[];
-    try {
-      blocks = forge.pem.decode(pem).filter((b) => b.type === 'CERTIFICATE');
-      for (const b of blocks) anchors.push(forge.pki.certificateFromAsn1(forge.asn1.fromDer(b.body)));
-    } catch {
-      throw new KeyBundleError('UNTRUSTED_CHAIN', `trust anchor ${i} is not a usable PEM certificate`);
-    }
-  });
-  if (anchors.length === 0) throw new KeyBundleError('UNTRUSTED_CHAIN', 'no trust anchor is configured');
-  return anchors;
-}
-
-function leafPublicKey(cert: forge.pki.Certificate): KeyObject {
-  // The key forge verified the chain for, handed to node:crypto as SPKI PEM.
-  return createPublicKey(forge.pki.publicKeyToPem(cert.publicKey));
-}
-
-/** The fields of a parsed forge extension this module reads. */
-interface ForgeExtension {
-  id: string;
-  name?: string;
-  critical?: boolean;
-  /** DER of the extension value, as a forge binary string. */
-  value: string;
-  cA?: boolean;
-  digitalSignature?: boolean;
-  keyCertSign?: boolean;
-}
-
-function extensions(cert: forge.pki.Certificate): ForgeExtension[] {
-  // @types/node-forge types `extensions` as any[]; the fields used are listed in ForgeExtension.
-  return cert.extensions as ForgeExtension[];
-}
-
-function extension(cert: forge.pki.Certificate, oid: string): ForgeExtension | undefined {
-  return extensions(cert).find((e) => e.id === oid);
-}
-
-function verifyChain(chain: forge.pki.Certificate[], trustAnchorsPem: readonly string[], now: Date): void {
-  chain.forEach((cert, i) => {
-    // The algorithm is named twice, inside the signed part and next to the signature.
-    if (!ACCEPTED_CERT_SIGNATURE_OIDS.has(cert.siginfo.algorithmOid) || cert.signatureOid !== cert.siginfo.algorithmOid) {
-      throw new KeyBundleError('UNTRUSTED_CHAIN', `chain[${i}] is signed with an unaccepted algorithm (${cert.siginfo.algorithmOid}); SHA-256 or better with RSA is required`);
-    }
-    const bits = leafPublicKey(cert).asymmetricKeyDetails?.modulusLength ?? 0;
-    if (bits < MIN_RSA_BITS) throw new KeyBundleError('UNTRUSTED_CHAIN', `chain[${i}] has a ${bits}-bit RSA key; at least ${MIN_RSA_BITS} is required`);
-  });
-  const leaf = chain[0] as forge.pki.Certificate;
-  if (leaf.isIssuer(leaf)) throw new KeyBundleError('UNTRUSTED_CHAIN', 'the signer certificate is self-issued; it must be issued by a CA');
-
-  // forge rejects any critical extension it does not implement, and it does
-  // not implement extendedKeyUsage. checkSignerUsage enforces the signer's
-  // EKU, so a critical EKU on the signer is marked as handled on this parse
-  // (a private object; signatures are verified over the DER captured when
-  // parsing, which this does not touch). A critical EKU on a CA certificate
-  // still fails the chain.
-  for (const e of extensions(leaf)) {
-    if (e.id === OID_EXT_KEY_USAGE) e.critical = false;
-  }
-
-  const anchors = parseTrustAnchors(trustAnchorsPem);
-
-  // Pass 1, without dates: does the chain lead to an anchor at all? Doing
-  // this first means a certificate from elsewhere is reported as untrusted,
-  // not as expired.
-  try {
-    forge.pki.verifyCertificateChain(forge.pki.createCaStore(anchors), chain, { validityCheckDate: null });
-  } catch (err) {
-    throw new KeyBundleError('UNTRUSTED_CHAIN', `certificate chain does not lead to a trust anchor: ${forgeMessage(err)}`);
-  }
-
-  // Pass 2, with validity dates at `now` for every chain certificate; anchors
-  // outside their own validity period are left out of the store.
-  const current = anchors.filter((a) => !outsideValidity(a, now));
-  try {
-    forge.pki.verifyCertificateChain(forge.pki.createCaStore(current), chain, { validityCheckDate: now });
-  } catch (err) {
-    if (isForgeError(err) && err.error === FORGE_CERT_EXPIRED) {
-      // forge checks the chain from the signer up, as find() does here.
-      const cert = chain.find((c) => outsideValidity(c, now));
-      const notBefore = cert?.validity.notBefore ?? (err.notBefore instanceof Date ? err.notBefore : undefined);
-      const who = cert === undefined ? 'a certificate in the chain' : `certificate ${JSON.stringify(commonName(cert))}`;
-      if (notBefore !== undefined && now < notBefore) {
-        throw new KeyBundleError('CERT_NOT_YET_VALID', `${who} is not valid before ${notBefore.toISOString()}`);
-      }
-      const notAfter = cert?.validity.notAfter ?? (err.notAfter instanceof Date ? err.notAfter : undefined);
-      throw new KeyBundleError('CERT_EXPIRED', notAfter === undefined ? `${who} has expired` : `${who} expired at ${notAfter.toISOString()}`);
-    }
-    // Pass 1 succeeded, so the chain only fails now for want of a current
-    // anchor: the anchor it leads to is outside its validity period.
-    const top = chain[chain.length - 1] as forge.pki.Certificate;
-    const stale = anchors.find((a) => outsideValidity(a, now) && issuedBy(top, a));
-    if (stale !== undefined && now < stale.validity.notBefore) {
-      throw new KeyBundleError('CERT_NOT_YET_VALID', `trust anchor ${JSON.stringify(commonName(stale))} is not valid before ${stale.validity.notBefore.toISOString()}`);
-    }
-    if (stale !== undefined) {
-      throw new KeyBundleError('CERT_EXPIRED', `trust anchor ${JSON.stringify(commonName(stale))} expired at ${stale.validity.notAfter.toISOString()}`);
-    }
-    throw new KeyBundleError('UNTRUSTED_CHAIN', `certificate chain does not verify at ${now.toISOString()}: ${forgeMessage(err)}`);
-  }
-}
-
-function commonName(cert: forge.pki.Certificate): string {
-  // getField returns forge's loosely typed attribute object (any); only a string value is used.
-  const cn: unknown = cert.subject.getField('CN')?.value;
-  return typeof cn === 'string' ? cn.slice(0, 64) : '(no common name)';
-}
-
-function outsideValidity(cert: forge.pki.Certificate, now: Date): boolean {
-  return now < cert.validity.notBefore || now > cert.validity.notAfter;
-}
-
-function issuedBy(cert: forge.pki.Certificate, issuer: forge.pki.Certificate): boolean {
-  if (cert.isIssuer(issuer)) {
-    try {
-      return issuer.verify(cert);
-    } catch {
-      return false;
-    }
-  }
-  // The chain may end with the anchor itself.
-  return forge.pki.certificateToPem(cert) === forge.pki.certificateToPem(issuer);
-}
-
-interface ForgeChainError {
-  message?: unknown;
-  error?: unknown;
-  notBefore?: unknown;
-  notAfter?: unknown;
-}
-
-function isForgeError(err: unknown): err is ForgeChainError {
-  return typeof err === 'object' && err !== null;
-}
-
-function forgeMessage(err: unknown): string {
-  if (typeof err === 'string') return err;
-  if (isForgeError(err) && typeof err.message === 'string') return err.message;
-  return 'verification failed';
-}
-
-/**
- * The signer must be an end-entity certificate (no basicConstraints cA) whose
- * keyUsage is present and asserts digitalSignature, and whose
- * extendedKeyUsage, if present, includes a signing purpose.
- */
-function checkSignerUsage(leaf: forge.pki.Certificate): void {
-  const bc = extension(leaf, OID_BASIC_CONSTRAINTS);
-  if (bc?.cA === true) throw new KeyBundleError('BAD_KEY_USAGE', 'the signer certificate is a CA certificate; an end-entity certificate is required');
-  const ku = extension(leaf, OID_KEY_USAGE);
-  if (ku === undefined) throw new KeyBundleError('BAD_KEY_USAGE', 'the signer certificate has no keyUsage extension');
-  if (ku.digitalSignature !== true) throw new KeyBundleError('BAD_KEY_USAGE', 'the signer certificate keyUsage lacks digitalSignature');
-  const eku = extension(leaf, OID_EXT_KEY_USAGE);
-  if (eku !== undefined) {
-    const purposes = extKeyUsageOids(eku);
-    if (!purposes.some((oid) => SIGNING_EKUS.has(oid))) {
-      throw new KeyBundleError('BAD_KEY_USAGE', `the signer certificate extendedKeyUsage (${purposes.join(', ')}) does not allow signing key bundles`);
-    }
-  }
-}
-
-function extKeyUsageOids(ext: ForgeExtension): string[] {
-  try {
-    const seq = forge.asn1.fromDer(ext.value);
-    if (!Array.isArray(seq.value)) return [];
-    return seq.value.map((item) => (typeof item.value === 'string' ? forge.asn1.derToOid(item.value) : ''));
-  } catch {
-    return [];
-  }
-}
-
-/**
- * Certificates after the signer issue certificates: forge has already required
- * basicConstraints cA (and keyCertSign when keyUsage is present); this also
- * requires keyUsage to be present and to assert keyCertSign (RFC 5280 4.2.1.3).
- */
-function checkIssuerUsage(cert: forge.pki.Certificate, index: number): void {
-  const ku = extension(cert, OID_KEY_USAGE);
-  if (ku === undefined || ku.keyCertSign !== true) {
-    throw new KeyBundleError('BAD_KEY_USAGE', `chain[${index}] is a CA certificate without keyUsage keyCertSign`);
-  }
+/** The KeyBundleError for a CertificateChainError: an unparsable certificate is BAD_FORMAT, the other codes are the same. */
+function keyBundleErrorOf(err: CertificateChainError): KeyBundleError {
+  return new KeyBundleError(err.code === 'BAD_CERTIFICATE' ? 'BAD_FORMAT' : err.code, err.message);
 }
