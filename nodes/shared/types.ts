@@ -51,6 +51,16 @@ export interface HesEndpointNode extends Node {
   durable: boolean;
   /** The gateway's identity towards the HES. */
   gatewayId: string;
+  /**
+   * For signed HES commands (`hes commands`, docs/hes-commands.md): the
+   * utility root CA(s) operator certificates must chain to; undefined when
+   * none is set (commands are then refused), `problem` when unusable.
+   */
+  commandTrust: import('../../src/hes/command-receiver.js').CommandTrustSetting;
+  /** The endpoint's store, where `hes commands` keeps pending commands; null without one. */
+  storeNode: StoreNode | null;
+  /** The HES site requests go to now (the active one), a coap:// URL. */
+  activeSite(): string;
 }
 
 /** What a keyring's users see of the `ami-store` config node. */
@@ -71,6 +81,41 @@ export interface KeyringNode extends Node {
   keyring(): Promise<import('../../src/keys/keyring.js').Keyring>;
   /** Asks the HES for keys now (all with force, or some meters). */
   syncNow(request: { force?: boolean; systemTitles?: string[] }): Promise<import('../../src/keys/sync.js').KeySyncResult>;
+}
+
+/**
+ * Gets every change of the backhaul's snapshot: `up` and `down` on
+ * transitions, `state` for any other change (a new OpenVPN state, a hold,
+ * the management connection), `bytecount` when only the byte counters moved.
+ */
+export type BackhaulListener = (
+  snapshot: import('../../src/backhaul/monitor.js').BackhaulSnapshot,
+  change: import('../../src/backhaul/monitor.js').BackhaulChange,
+) => void;
+
+/**
+ * What users (`backhaul status`; the HES endpoint, to pause its outbox drain
+ * while the tunnel is down) see of the `ami-backhaul` config node, which owns
+ * the connection to OpenVPN's management interface.
+ */
+export interface BackhaulNode extends Node {
+  /**
+   * Adds a user: the first one starts the monitor. The listener is not called
+   * for the current state: read snapshot() right after registering.
+   */
+  register(user: Node, listener: BackhaulListener): void;
+  /** Removes a user: after the last one the management connection closes. */
+  deregister(user: Node): Promise<void>;
+  /** The current snapshot (down, with the reason, while nothing is known or the node is misconfigured). */
+  snapshot(): import('../../src/backhaul/monitor.js').BackhaulSnapshot;
+  /** Ends OpenVPN's hold (`hold release`); rejects with a BackhaulError (NOT_CONNECTED, COMMAND_FAILED, TIMEOUT). */
+  holdRelease(): Promise<void>;
+  /** soft: SIGUSR1 (reconnect); hard: SIGHUP (re-read the configuration). Rejects with a BackhaulError. */
+  restart(kind: 'soft' | 'hard'): Promise<void>;
+  /** The management address in use, e.g. `unix:/run/openvpn/ami.sock` ('' when not monitored). */
+  readonly address: string;
+  /** False when the address is empty: nothing watches the tunnel, and users should not wait for it. */
+  readonly monitored: boolean;
 }
 
 /** The message a `mesh in` node sends for each reading. */

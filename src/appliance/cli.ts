@@ -19,9 +19,15 @@ Usage:
   ami-gateway start                         run the gateway (configured by AMI_* environment variables)
   ami-gateway status [--json] [--url URL]   print the health of a running gateway
   ami-gateway sim hes --port P [--bind ADDR] [--record FILE] [--meters N] [--prefix NAME] [--key-seed SEED]
-                    [--trust-anchor-out FILE]
+                    [--trust-anchor-out FILE] [--delay MS] [--drop-records]
                                             run a HES simulator (with key management for N simulated meters;
-                                            --trust-anchor-out writes the root CA the gateway must trust)
+                                            --trust-anchor-out writes the root CA the gateway must trust;
+                                            --delay / --drop-records: gray failure, batches answered late or
+                                            never while health probes answer at once; switch it at run time
+                                            from loopback with CoAP PUT /sim/gray, CBOR {delayMs, dropRecords})
+                    [--commands-for GW] [--command-every SECONDS]
+                                            signed commands (docs/hes-commands.md): queue a read-relay-state
+                                            command for gateway GW every SECONDS (60 by default)
   ami-gateway sim meters --count N --gateway coap://[::1]:5683 [--interval SECONDS] [--prefix NAME] [--record FILE]
                     [--protocol dlms|plain] [--key-seed SEED] [--lifetime SECONDS] [--no-register] [--no-serve]
                     [--bind ADDR]
@@ -35,8 +41,26 @@ Usage:
   ami-gateway keys sync [--force] [--json]  sync meter keys from the HES now (--force: full resync)
                                             (keys: --url http://HOST:PORT, --user NAME with AMI_ADMIN_PASSWORD,
                                              or AMI_ADMIN_TOKEN, when the editor has admin users)
+  ami-gateway hes status [--json]           HES sites: the active one, state, latency and last probe of each,
+                                            failovers, failbacks, last gray failure (--url, --user as for keys;
+                                            exit 0 healthy, 1 degraded, 3 unreachable)
   ami-gateway mesh meters [--json]          meters registered with the gateway's resource directory, with link metrics
   ami-gateway mesh topology [--json]        hop counts; meters beyond 8 hops or below -85 dBm
+  ami-gateway queue stats [--json]          the outbox towards the HES: records, bytes and oldest age per class,
+                                            dropped (budget), expired (TTL) and dead letters
+  ami-gateway queue peek [--limit N] [--class alarm|event|metrology] [--meter M] [--dead] [--json]
+                                            the next records to send (or the dead letters), without taking them
+                                            (queue: --url and --user as for keys; --store DIR reads a stopped
+                                             gateway's store directly, e.g. data/ami-store)
+  ami-gateway backhaul status [--mgmt ADDR] [--password-file FILE] [--json] [--timeout SECONDS]
+                                            the OpenVPN tunnel to the HES, from OpenVPN's management interface
+                                            (ADDR: a unix socket path or host:port; default AMI_BACKHAUL_MGMT,
+                                            else /run/openvpn/ami.sock); exit 0 up, 1 down, 3 unreachable
+  ami-gateway backhaul hold-release [...]   let an OpenVPN started with --management-hold connect
+  ami-gateway backhaul restart [soft|hard] [...]
+                                            restart the tunnel: soft (SIGUSR1, the default) or hard (SIGHUP)
+                                            (backhaul: while the running gateway holds the management interface,
+                                             through its admin API; --url and --user as for keys)
   ami-gateway hash-password                 read a password on stdin, print its bcrypt hash for adminUsers
   ami-gateway --version
 
@@ -159,10 +183,16 @@ async function simHes(args: string[]): Promise<void> {
       prefix: { type: 'string' },
       'key-seed': { type: 'string' },
       'trust-anchor-out': { type: 'string' },
+      delay: { type: 'string' },
+      'drop-records': { type: 'boolean' },
+      'commands-for': { type: 'string' },
+      'command-every': { type: 'string' },
     },
     strict: true,
   });
+  const commandEveryMs = positiveInteger('--command-every', values['command-every'], 60, 1, 86_400) * 1000;
   const { HesSimulator } = await import('../sim/hes.js');
+  const delayMs = positiveInteger('--delay', values.delay, 0, 0, 3_600_000);
   const { simMeterNames } = await import('../sim/meter-keys.js');
   const meterCount = positiveInteger('--meters', values.meters, 50, 0, 1_000_000);
   const sim = new HesSimulator({
@@ -172,12 +202,21 @@ async function simHes(args: string[]): Promise<void> {
     log: consoleLog(''),
     summaryEverySeconds: 10,
     keyManagement: { meters: simMeterNames(meterCount, values.prefix), ...(values['key-seed'] ? { seed: values['key-seed'] } : {}) },
+    // Signed commands; operators' certificates come from the key management's PKI (the --trust-anchor-out root).
+    commands: {},
   });
   if (values['trust-anchor-out'] !== undefined && sim.keyManagement) {
     const { writeFileSync } = await import('node:fs');
     writeFileSync(path.resolve(values['trust-anchor-out']), sim.keyManagement.trustAnchorPem);
   }
+  sim.setResponseDelay(delayMs);
+  sim.setDropRecords(values['drop-records'] === true);
   await sim.start();
+  const gatewayForCommands = values['commands-for'];
+  if (gatewayForCommands !== undefined && sim.commands) {
+    const { issueCommandsPeriodically } = await import('../sim/hes-commands.js');
+    issueCommandsPeriodically(sim.commands, { gateway: gatewayForCommands, meters: simMeterNames(meterCount, values.prefix), everyMs: commandEveryMs });
+  }
   stopOnSignal('the HES simulator', () => sim.stop());
 }
 
@@ -281,6 +320,29 @@ export async function main(argv: string[]): Promise<number | undefined> {
           throw err;
         }
       }
+      case 'hes': {
+        const { hesCommand, HesUsageError } = await import('./cli-hes.js');
+        try {
+          const result = await hesCommand(rest, loadConfig().httpPort);
+          (result.exitCode === 3 ? process.stderr : process.stdout).write(`${result.output}\n`);
+          return result.exitCode;
+        } catch (err) {
+          if (err instanceof HesUsageError) throw new UsageError(err.message);
+          throw err;
+        }
+      }
+      case 'backhaul': {
+        const { backhaulCommand, BackhaulUsageError } = await import('./cli-backhaul.js');
+        try {
+          const config = loadConfig();
+          const result = await backhaulCommand(rest, { defaultMgmt: config.backhaulMgmt, httpPort: config.httpPort });
+          (result.exitCode === 3 ? process.stderr : process.stdout).write(`${result.output}\n`);
+          return result.exitCode;
+        } catch (err) {
+          if (err instanceof BackhaulUsageError) throw new UsageError(err.message);
+          throw err;
+        }
+      }
       case 'mesh': {
         const { meshCommand, MeshUsageError } = await import('./cli-mesh.js');
         try {
@@ -289,6 +351,18 @@ export async function main(argv: string[]): Promise<number | undefined> {
           return result.exitCode;
         } catch (err) {
           if (err instanceof MeshUsageError) throw new UsageError(err.message);
+          throw err;
+        }
+      }
+      case 'queue': {
+        const { queueCommand, QueueUsageError } = await import('./cli-queue.js');
+        try {
+          const result = await queueCommand(rest, loadConfig().httpPort);
+          // Reports go to stdout (also with exit code 1: a storage problem), errors ("ami-gateway: ...") to stderr.
+          (result.output.startsWith('ami-gateway:') ? process.stderr : process.stdout).write(`${result.output}\n`);
+          return result.exitCode;
+        } catch (err) {
+          if (err instanceof QueueUsageError) throw new UsageError(err.message);
           throw err;
         }
       }

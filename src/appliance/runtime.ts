@@ -82,6 +82,8 @@ export async function startAppliance(config: ApplianceConfig): Promise<RunningAp
         summaryEverySeconds: 10,
         // The simulated key management holds the keys of the simulated fleet.
         keyManagement: { meters: simMeterNames(Math.max(config.simMeters, 1)), ...(config.simKeySeed ? { seed: config.simKeySeed } : {}) },
+        // It also serves the command queue (empty until something issues a command), so the hes commands node has a peer.
+        commands: {},
       });
       await hes.start();
       started.push(['the HES simulator', () => hes.stop()]);
@@ -94,10 +96,13 @@ export async function startAppliance(config: ApplianceConfig): Promise<RunningAp
         writeFileSync(anchors, hes.keyManagement.trustAnchorPem);
         process.env.AMI_KEYS_TRUST_ANCHORS = anchors;
         appLog.info(`AMI_KEYS_TRUST_ANCHORS is unset: trusting the HES simulator's test root CA (${anchors})`);
+        // Its signed commands come from operators under the same test root.
+        if (!process.env.AMI_COMMANDS_TRUST_ANCHORS) process.env.AMI_COMMANDS_TRUST_ANCHORS = anchors;
       }
     }
     if (config.keysTrustAnchors !== undefined) process.env.AMI_KEYS_TRUST_ANCHORS = config.keysTrustAnchors;
     process.env.AMI_KEYS_TRUST_ANCHORS ??= '';
+    process.env.AMI_COMMANDS_TRUST_ANCHORS ??= '';
     process.env.AMI_HES_PRIMARY = hesPrimary ?? '';
     process.env.AMI_HES_SECONDARY = config.hesSecondary ?? '';
     process.env.AMI_MESH_PORT = String(config.meshPort);

@@ -100,7 +100,7 @@ describe('Node-RED editor of the appliance (Chromium)', () => {
     expect(await hesOut.locator('.red-ui-palette-label').innerText()).toBe('hes out');
     expect(await category.locator('.red-ui-palette-node[data-palette-type="ami-mesh-request"] .red-ui-palette-label').innerText()).toBe('mesh request');
     expect(await category.locator('.red-ui-palette-node[data-palette-type="ami-mesh-events"] .red-ui-palette-label').innerText()).toBe('mesh events');
-    expect(await category.locator('.red-ui-palette-node').count()).toBe(6);
+    expect(await category.locator('.red-ui-palette-node').count()).toBe(8);
 
     // Icons: the editor only uses a module's icon path when the runtime listed the file.
     const icons: Array<[string, string]> = [

@@ -24,6 +24,9 @@ export const nodes = {
   dlmsEncode: requireFromHere(path.join(DIST, 'nodes/ami-dlms-encode/ami-dlms-encode.js')) as NodeModule,
   meshRequest: requireFromHere(path.join(DIST, 'nodes/ami-mesh-request/ami-mesh-request.js')) as NodeModule,
   meshEvents: requireFromHere(path.join(DIST, 'nodes/ami-mesh-events/ami-mesh-events.js')) as NodeModule,
+  backhaul: requireFromHere(path.join(DIST, 'nodes/ami-backhaul/ami-backhaul.js')) as NodeModule,
+  backhaulStatus: requireFromHere(path.join(DIST, 'nodes/ami-backhaul-status/ami-backhaul-status.js')) as NodeModule,
+  hesCommands: requireFromHere(path.join(DIST, 'nodes/ami-hes-commands/ami-hes-commands.js')) as NodeModule,
 };
 export const allNodes = Object.values(nodes);
 
