@@ -43,7 +43,8 @@ export = function register(RED: NodeAPI): void {
     const withBytecount = def.bytecount === true;
     let lastStatus = '';
     const show = (snapshot: BackhaulSnapshot): void => {
-      const status = statusFor(snapshot);
+      // An empty management address is a choice (no OpenVPN to watch), not a fault: a grey dot, not a red one.
+      const status = backhaul.monitored ? statusFor(snapshot) : { fill: 'grey' as const, shape: 'ring' as const, text: 'ami-backhaul-status.status.unmonitored' };
       // Byte counts do not change the dot: only set it when it says something new.
       const key = `${status.fill}/${status.text}`;
       if (key === lastStatus) return;

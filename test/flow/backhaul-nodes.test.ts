@@ -226,6 +226,17 @@ describe('backhaul status', () => {
     expect(gatewayHealth.snapshot().backhaul).toBeNull();
   });
 
+  it('watches nothing when the management address is empty (an unset ${AMI_BACKHAUL_MGMT}): a grey dot, no health problem', async () => {
+    await load('');
+    expect((await statusOf(() => true)).fill).toBe('grey');
+    expect((helper.getNode('bh') as unknown as { monitored: boolean }).monitored).toBe(false);
+    const answer = nextOutput();
+    helper.getNode('st')!.receive({ topic: 'status' });
+    expect((await answer).payload).toMatchObject({ up: false, reason: 'not monitored: no management address' });
+    expect(gatewayHealth.snapshot().problems.filter((p) => p.startsWith('backhaul'))).toEqual([]);
+    expect(gatewayHealth.snapshot().backhaul).toBeNull();
+  });
+
   it('says what is wrong with a misconfigured backhaul', async () => {
     await load('not an address');
     expect((await statusOf((s) => s.fill === 'red')).text).toMatch(/^down: misconfigured: Management: /);
