@@ -30,11 +30,14 @@ Usage:
                                             command for gateway GW every SECONDS (60 by default)
   ami-gateway sim meters --count N --gateway coap://[::1]:5683 [--interval SECONDS] [--prefix NAME] [--record FILE]
                     [--protocol dlms|plain] [--key-seed SEED] [--lifetime SECONDS] [--no-register] [--no-serve]
-                    [--bind ADDR]
+                    [--bind ADDR] [--faults weld:ID,obstruction:ID,lowcap:ID,offline:ID,tamper:ID] [--loss RATE]
                                             run a simulated meter fleet (ciphered DLMS frames by default); each
                                             meter registers with the gateway's resource directory (lifetime 3600 s
                                             by default) before it reports, and serves /status (observable), /lp,
-                                            /fw and /relay over CoAP on its own port (bound to ADDR)
+                                            /fw and /relay over CoAP on its own port (bound to ADDR), and with DLMS
+                                            POST /dlms (ciphered get/set/action: the disconnect relay, class 70);
+                                            --faults: relay faults per meter (ID: endpoint name or 1-based number);
+                                            --loss: fraction 0..1 of requests, and of answers, dropped at random
   ami-gateway dlms decode --hex FRAME [--ek HEX --ak HEX] [--system-title HEX] [--json]
                                             decode (and decrypt) a captured DLMS/COSEM frame, offline
   ami-gateway keys status [--json]          key store of the running gateway: meters, epoch, fingerprints
@@ -61,6 +64,13 @@ Usage:
                                             restart the tunnel: soft (SIGUSR1, the default) or hard (SIGHUP)
                                             (backhaul: while the running gateway holds the management interface,
                                              through its admin API; --url and --user as for keys)
+  ami-gateway operators add --name N --role utility-administrator|field-technician [--json]
+                                            add a local operator; prints the TOTP secret and otpauth URI once
+  ami-gateway operators list [--json]       local operators: role, enabled, last accepted code (no secrets)
+  ami-gateway operators remove|disable|enable --name N
+  ami-gateway operators verify --name N --totp CODE [--json]
+                                            check an operator's TOTP code (exit 0 accepted, 1 refused; the code
+                                             is used up). operators: offline, on AMI_DATA_DIR/operators.json
   ami-gateway hash-password                 read a password on stdin, print its bcrypt hash for adminUsers
   ami-gateway --version
 
@@ -236,10 +246,25 @@ async function simMeters(args: string[]): Promise<void> {
       'no-register': { type: 'boolean' },
       'no-serve': { type: 'boolean' },
       bind: { type: 'string' },
+      faults: { type: 'string' },
+      loss: { type: 'string' },
     },
     strict: true,
   });
   const protocol = values.protocol ?? 'dlms';
+  const { parseFaultSpec, RelayError } = await import('../sim/relay.js');
+  let faults: ReturnType<typeof parseFaultSpec> = [];
+  try {
+    faults = values.faults === undefined ? [] : parseFaultSpec(values.faults);
+  } catch (err) {
+    if (err instanceof RelayError) throw new UsageError(`--faults: ${err.message}`);
+    throw err;
+  }
+  const lossRate = values.loss === undefined ? 0 : Number(values.loss);
+  if (values.loss !== undefined && (values.loss.trim() === '' || !Number.isFinite(lossRate) || lossRate < 0 || lossRate >= 1)) {
+    throw new UsageError(`--loss must be a fraction from 0 to below 1, got "${values.loss}"`);
+  }
+  if (faults.length > 0 && protocol !== 'dlms') throw new UsageError('--faults needs --protocol dlms (the relay is a DLMS object)');
   if (protocol !== 'dlms' && protocol !== 'plain') throw new UsageError('--protocol must be dlms or plain');
   if (values.gateway === undefined) throw new UsageError('--gateway is required (e.g. coap://[::1]:5683)');
   try {
@@ -263,6 +288,8 @@ async function simMeters(args: string[]): Promise<void> {
     serve: values['no-serve'] !== true,
     lifetimeSeconds: positiveInteger('--lifetime', values.lifetime, 3600, 60, 0xffff_ffff),
     ...(values.bind !== undefined ? { bind: values.bind } : {}),
+    faults,
+    lossRate,
   });
   await fleet.start();
   stopOnSignal('the meter fleet', () => fleet.stop());
@@ -351,6 +378,18 @@ export async function main(argv: string[]): Promise<number | undefined> {
           return result.exitCode;
         } catch (err) {
           if (err instanceof MeshUsageError) throw new UsageError(err.message);
+          throw err;
+        }
+      }
+      case 'operators': {
+        const { operatorsCommand, OperatorsUsageError } = await import('./cli-operators.js');
+        try {
+          const config = loadConfig();
+          const result = await operatorsCommand(rest, { dataDir: config.dataDir, credentialSecret: config.credentialSecret });
+          (result.output.startsWith('ami-gateway:') ? process.stderr : process.stdout).write(`${result.output}\n`);
+          return result.exitCode;
+        } catch (err) {
+          if (err instanceof OperatorsUsageError) throw new UsageError(err.message);
           throw err;
         }
       }

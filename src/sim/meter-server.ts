@@ -19,7 +19,19 @@ import { formatLinkFormat, type Link } from '../mesh/linkformat.js';
  *   POST /fw         the hex SHA-256 of the bytes received
  *   GET  /relay      'connected' or 'disconnected' (text)
  *   PUT  /relay      the same text: switches the relay (and notifies /status)
+ *   POST /dlms       (with the `dlms` option) a ciphered xDLMS request, bare
+ *                    or in the UDP wrapper, Content-Format 42; answered 2.04
+ *                    with the ciphered response, or 4.01 / 4.00 with the
+ *                    unciphered exception-response when the meter refuses it
+ *                    (security / malformed); `?st=HEX` names the client's
+ *                    system title for glo-ciphered requests
  *   GET  /.well-known/core   the links above (RFC 6690)
+ *
+ * Faults (`faults` option): an offline meter drops every request unseen (no
+ * ACK, no answer); with a loss rate each request is dropped before it is
+ * handled, or handled and its answer dropped, each with that probability.
+ * A retransmission of a /dlms request whose answer was lost gets the same
+ * answer without the meter acting twice (SimulatedCosemMeter.serve).
  *
  * The coap library segments /lp itself (Block2: it answers each block request
  * from the payload the handler gives, which is stable within a quarter-hour).
@@ -34,6 +46,9 @@ export const STATUS_PATH = '/status';
 export const LOAD_PROFILE_PATH = '/lp';
 export const FIRMWARE_PATH = '/fw';
 export const RELAY_PATH = '/relay';
+export const METER_DLMS_PATH = '/dlms';
+/** The link of /dlms, listed only by meters that serve it. */
+const DLMS_LINK: Link = { target: METER_DLMS_PATH, attributes: { rt: 'ami.dlms', ct: '42' } };
 export const WELL_KNOWN_CORE = '/.well-known/core';
 
 /** The links a serving meter registers with and lists under /.well-known/core. */
@@ -78,6 +93,18 @@ export interface MeterServerOptions {
   /** Milliseconds between two periodic /status notifications. */
   statusIntervalMs: number;
   now?: () => number;
+  /** Serves POST /dlms: the answer to a request's payload (and its query string). */
+  dlms?: (request: { payload: Buffer; query: string }) => { code: string; payload: Buffer };
+  faults?: MeterServerFaults;
+}
+
+export interface MeterServerFaults {
+  /** True while the meter answers nothing at all. */
+  offline?: () => boolean;
+  /** Fraction (0..1) of requests dropped, and of answers dropped. */
+  lossRate?: number;
+  /** [0, 1) random source; Math.random by default. */
+  random?: () => number;
 }
 
 export interface FirmwareUpload {
@@ -164,6 +191,16 @@ function packetPath(packet: CoapPacket): string {
   return `/${segments.join('/')}`;
 }
 
+function packetQuery(packet: CoapPacket): string {
+  const parts: string[] = [];
+  for (const option of packet.options ?? []) {
+    if (option.name !== 'Uri-Query') continue;
+    const value: unknown = option.value;
+    parts.push(Buffer.isBuffer(value) ? value.toString('utf8') : String(value));
+  }
+  return parts.join('&');
+}
+
 export class MeterCoapServer {
   private readonly server: Server;
   private readonly observers = new Map<string, ObserveWriteStream>();
@@ -186,6 +223,7 @@ export class MeterCoapServer {
     this.server = coap.createServer({ cacheSize: 64 * 1024 });
     const handle = this.server._handle.bind(this.server);
     this.server._handle = (packet: CoapPacket, rsinfo) => {
+      if (this.lost(packet)) return;
       this.prepare(packet);
       handle(packet, rsinfo);
     };
@@ -209,6 +247,42 @@ export class MeterCoapServer {
     return new Promise((resolve, reject) => {
       this.server.listen(socket, (err?: Error) => (err ? reject(err) : resolve()));
     });
+  }
+
+  /** The links this meter registers with: METER_LINKS, and /dlms when it serves DLMS. */
+  get links(): readonly Link[] {
+    return this.options.dlms ? [...METER_LINKS, DLMS_LINK] : METER_LINKS;
+  }
+
+  /** Requests dropped by the `faults` option (offline or lost), and answers lost after handling. */
+  readonly dropped = { requests: 0, answers: 0 };
+
+  /**
+   * True when a request never gets an answer: the meter is offline, the
+   * request is lost, or (for /dlms) it is handled and the answer is lost.
+   */
+  private lost(packet: CoapPacket): boolean {
+    const faults = this.options.faults;
+    if (!faults || this.closed) return false;
+    if (typeof packet.code !== 'string' || !packet.code.startsWith('0.') || packet.code === '0.00') return false;
+    if (faults.offline?.()) {
+      this.dropped.requests += 1;
+      return true;
+    }
+    const rate = faults.lossRate ?? 0;
+    if (rate <= 0) return false;
+    const random = faults.random ?? Math.random;
+    if (random() < rate) {
+      this.dropped.requests += 1;
+      return true;
+    }
+    if (random() < rate && this.options.dlms && packet.code === '0.02' && packetPath(packet) === METER_DLMS_PATH) {
+      // The meter acts on the request; its answer is lost on the way back.
+      this.options.dlms({ payload: packet.payload ?? Buffer.alloc(0), query: packetQuery(packet) });
+      this.dropped.answers += 1;
+      return true;
+    }
+    return false;
   }
 
   get observerCount(): number {
@@ -287,10 +361,12 @@ export class MeterCoapServer {
         return this.firmware(req, res, block1);
       case RELAY_PATH:
         return this.serveRelay(req, res);
+      case METER_DLMS_PATH:
+        return this.serveDlms(req, res);
       case WELL_KNOWN_CORE:
         if (req.method !== 'GET') return this.answer(res, '4.05', 'GET only');
         res.setOption('Content-Format', CONTENT_FORMAT_LINK_FORMAT);
-        res.end(formatLinkFormat(METER_LINKS));
+        res.end(formatLinkFormat(this.links));
         return;
       default:
         return this.answer(res, '4.04', `no resource ${path}`);
@@ -343,6 +419,18 @@ export class MeterCoapServer {
     // One payload per quarter-hour: every block of one transfer is cut from the same bytes.
     if (this.profile?.interval !== interval) this.profile = { interval, payload: loadProfile(this.options.name, this.now()) };
     return this.profile.payload;
+  }
+
+  private serveDlms(req: IncomingMessage, res: OutgoingMessage): void {
+    const dlms = this.options.dlms;
+    if (!dlms) return this.answer(res, '4.04', `no resource ${METER_DLMS_PATH}`);
+    if (req.method !== 'POST') return this.answer(res, '4.05', 'POST a ciphered xDLMS request');
+    const format = req.headers['Content-Format'];
+    if (format !== undefined && format !== 'application/octet-stream' && format !== 42) return this.answer(res, '4.15', 'application/octet-stream only');
+    const answer = dlms({ payload: req.payload, query: packetQuery(req._packet) });
+    res.code = answer.code;
+    res.setOption('Content-Format', 'application/octet-stream');
+    res.end(answer.payload);
   }
 
   private serveRelay(req: IncomingMessage, res: OutgoingMessage): void {

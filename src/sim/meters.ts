@@ -24,7 +24,8 @@ import {
   type RegistrationEvent,
   type RegistrationStats,
 } from './mesh-meter.js';
-import { METER_LINKS, MeterCoapServer } from './meter-server.js';
+import { MeterCoapServer } from './meter-server.js';
+import { faultsFor, type FaultAssignment, type RelayOptions, type RelayStats, type SimulatedRelay } from './relay.js';
 
 export interface MeterFleetOptions {
   count: number;
@@ -68,6 +69,29 @@ export interface MeterFleetOptions {
   statusIntervalMs?: number;
   /** First readings and registrations are spread over this many ms; default min(intervalMs, 2000). 0: all at once. */
   startSpreadMs?: number;
+  /**
+   * Relay faults per meter (relay.ts; `--faults weld:ID,...`, see parseFaultSpec).
+   * A DLMS meter that serves answers POST /dlms (the relay's objects among
+   * others); `offline` meters answer nothing.
+   */
+  faults?: readonly FaultAssignment[];
+  /** Fraction (0..1) of requests to the meters' servers dropped, and of answers dropped (`--loss`). */
+  lossRate?: number;
+  /** Options of every meter's relay (e.g. rechargeMs, controlMode); faults come from `faults`. */
+  relay?: Omit<RelayOptions, 'faults'>;
+  /** [0, 1) random source of the loss; Math.random by default. */
+  random?: () => number;
+}
+
+/** One meter's relay as the simulator sees it (for tests: actuation counts prove nothing moved twice). */
+export interface SimRelayInfo {
+  name: string;
+  controlState: number;
+  loadVoltage: number;
+  supplyOn: boolean;
+  tampered: boolean;
+  faults: string[];
+  stats: RelayStats;
 }
 
 export interface MeterFleetStats extends RegistrationStats {
@@ -133,6 +157,8 @@ class SimulatedMeter {
 
   registrar: MeterRegistrar | undefined;
   server: MeterCoapServer | undefined;
+  /** Answers nothing while true (the `offline` fault, or setOffline). */
+  offline = false;
 
   constructor(
     readonly name: string,
@@ -328,18 +354,39 @@ export class MeterFleet {
       const socket = (opened[i] as PromiseFulfilledResult<Socket>).value;
       // The socket's owner: a socket error must not end the process; requests on it time out and are retried.
       socket.on('error', () => undefined);
+      const faults = faultsFor(this.options.faults ?? [], name, i + 1);
       const cosem =
-        this.options.protocol === 'dlms' ? new SimulatedCosemMeter(simMeterKeys(this.options.keySeed ?? DEFAULT_SIM_KEY_SEED, name, 1), { invocationCounter: Math.floor(Date.now() / 1000) }) : undefined;
+        this.options.protocol === 'dlms'
+          ? new SimulatedCosemMeter(simMeterKeys(this.options.keySeed ?? DEFAULT_SIM_KEY_SEED, name, 1), {
+              invocationCounter: Math.floor(Date.now() / 1000),
+              relay: { ...this.options.relay, faults },
+              // /status and GET /relay follow the relay.
+              onRelayOperation: () => {
+                if (!meter.server || !meter.cosem) return;
+                const relay = meter.cosem.relay.outputState ? 'connected' : 'disconnected';
+                if (meter.server.relay === relay) return;
+                meter.server.relay = relay;
+                meter.server.notify();
+              },
+            })
+          : undefined;
       const agent = new coap.Agent({ socket });
       agent.on('error', () => undefined);
       const meter = new SimulatedMeter(name, socket, agent, bootId, cosem);
+      meter.offline = faults.includes('offline');
       if (this.options.serve) {
-        const server = new MeterCoapServer({ name, energyWh: () => meter.energyRegisterWh, statusIntervalMs: this.options.statusIntervalMs ?? DEFAULT_STATUS_INTERVAL_MS });
+        const server = new MeterCoapServer({
+          name,
+          energyWh: () => meter.energyRegisterWh,
+          statusIntervalMs: this.options.statusIntervalMs ?? DEFAULT_STATUS_INTERVAL_MS,
+          ...(cosem ? { dlms: (request: { payload: Buffer; query: string }) => serveDlms(cosem, request) } : {}),
+          faults: { offline: () => meter.offline, lossRate: this.options.lossRate ?? 0, ...(this.options.random ? { random: this.options.random } : {}) },
+        });
         await server.listen(socket);
         meter.server = server;
       }
       if (this.options.register) {
-        const registrar = new MeterRegistrar(name, agent, context, meterRadioProfile(name), meter.server ? this.baseOf(socket) : undefined, meter.server ? METER_LINKS : []);
+        const registrar = new MeterRegistrar(name, agent, context, meterRadioProfile(name), meter.server ? this.baseOf(socket) : undefined, meter.server ? meter.server.links : []);
         registrar.onRegistered = () => this.pump(meter);
         meter.registrar = registrar;
       }
@@ -353,7 +400,10 @@ export class MeterFleet {
     }
     const what = this.options.readings === false ? 'no readings' : `${this.options.protocol === 'dlms' ? 'ciphered DLMS frames' : 'readings'} to ${this.options.gateway}${this.options.protocol === 'dlms' ? DLMS_PATH : READINGS_PATH} every ${this.options.intervalMs / 1000}s`;
     const joining = this.options.register ? `, registering (lt=${this.lifetimeSeconds}s) with ${this.options.gateway}/rd first` : '';
-    const serving = this.options.serve ? `, each serving /status /lp /fw /relay on its own port (${this.bind})` : '';
+    const dlmsServed = this.options.protocol === 'dlms' ? ' /dlms' : '';
+    const faultNote = (this.options.faults?.length ?? 0) > 0 ? `; relay faults ${this.options.faults?.map((f) => `${f.fault}:${f.meter}`).join(',')}` : '';
+    const lossNote = (this.options.lossRate ?? 0) > 0 ? `; ${(this.options.lossRate ?? 0) * 100}% loss` : '';
+    const serving = this.options.serve ? `, each serving /status /lp /fw /relay${dlmsServed} on its own port (${this.bind})${faultNote}${lossNote}` : '';
     this.options.log?.info(`sim-meters: ${this.options.count} meters posting ${what}${joining}${serving}`);
     const summaryEvery = this.options.summaryEverySeconds ?? 0;
     if (summaryEvery > 0) {
@@ -369,6 +419,42 @@ export class MeterFleet {
       timer.unref();
       this.timers.add(timer);
     }
+  }
+
+  /** The relay of meter `name` (DLMS meters only). */
+  relay(name: string): SimulatedRelay | undefined {
+    return this.meterList.find((meter) => meter.name === name)?.cosem?.relay;
+  }
+
+  /** The COSEM application layer of meter `name` (DLMS meters only). */
+  cosem(name: string): SimulatedCosemMeter | undefined {
+    return this.meterList.find((meter) => meter.name === name)?.cosem;
+  }
+
+  /** Every DLMS meter's relay: state, load voltage and actuation counts. */
+  relayStats(): SimRelayInfo[] {
+    const out: SimRelayInfo[] = [];
+    for (const meter of this.meterList) {
+      const relay = meter.cosem?.relay;
+      if (!relay) continue;
+      out.push({
+        name: meter.name,
+        controlState: relay.controlState,
+        loadVoltage: relay.loadVoltage,
+        supplyOn: relay.supplyOn,
+        tampered: relay.tampered,
+        faults: [...relay.faults],
+        stats: { ...relay.stats },
+      });
+    }
+    return out;
+  }
+
+  /** Takes meter `name` off the mesh (it answers nothing) or back. */
+  setOffline(name: string, offline: boolean): void {
+    const meter = this.meterList.find((m) => m.name === name);
+    if (!meter) throw new Error(`no meter ${name}`);
+    meter.offline = offline;
   }
 
   /** Readings generated and not yet acknowledged, across the fleet. */
@@ -480,4 +566,13 @@ export class MeterFleet {
     }
     this.pump(meter);
   }
+}
+
+/** POST /dlms of a meter: 2.04 with the ciphered answer; 4.01 / 4.00 with the exception-response the meter refuses with. */
+function serveDlms(cosem: SimulatedCosemMeter, request: { payload: Buffer; query: string }): { code: string; payload: Buffer } {
+  const st = new URLSearchParams(request.query).get('st') ?? undefined;
+  const clientSystemTitle = st !== undefined && /^[0-9a-fA-F]{16}$/.test(st) ? st : undefined;
+  const result = cosem.serve(request.payload, clientSystemTitle);
+  if (result.ok) return { code: '2.04', payload: result.response };
+  return { code: result.kind === 'security' ? '4.01' : '4.00', payload: result.exception };
 }

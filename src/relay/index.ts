@@ -1,0 +1,9 @@
+/** The relay command lifecycle (issue 6): public face of src/relay. */
+export * from './types.js';
+export * from './policy.js';
+export * from './journal.js';
+export * from './audit.js';
+export * from './service.js';
+export * from './scripted-port.js';
+export * from './operators.js';
+export * from './totp.js';

@@ -1,0 +1,187 @@
+/**
+ * The durable operation journal of relay commands: sublevel `relay-ops` of
+ * the gateway's LevelDB.
+ *
+ *   c!<command id>  the command, its phase, its last result and (once
+ *                   finished) its outcome (CBOR)
+ *   w!<meter>       actuation times of the meter's relay in the last hour
+ *                   (wear and thermal protection; survives restarts)
+ *   r!<run id>      a rolling run: its command template, meters, concurrency
+ *
+ * Every write is synced and group-committed with the writes of other
+ * lifecycles under way (src/store GroupCommitter): put() resolves only once
+ * the entry is on disk. The write that marks a command `actuating` carries
+ * the relay's wear record in the same atomic batch, and the lifecycle sends
+ * the invoke only after it resolved: after a crash, a command whose journal
+ * says `invokeMaybeSent` is never invoked again, only verified.
+ */
+import { cborDecode, cborEncode } from '../coap/cbor.js';
+import { openSublevel, type GatewayDatabase } from '../store/database.js';
+import { GroupCommitter, type BatchOperation } from '../store/group-commit.js';
+import type { RelayCommand, RelayResult } from './types.js';
+
+export const RELAY_SUBLEVEL = 'relay-ops';
+
+/**
+ * accepted: journaled, nothing sent; deferred / pending: waiting (see `last`);
+ * actuating: the invoke may have been sent; done: finished (see `outcome`).
+ */
+export type RelayPhase = 'accepted' | 'deferred' | 'pending' | 'actuating' | 'done';
+
+export interface RelayJournalEntry {
+  command: RelayCommand;
+  phase: RelayPhase;
+  /**
+   * The invoke may have reached the meter (set with `actuating`, before the
+   * invoke is sent; cleared only when the meter said it did not actuate,
+   * e.g. E001). While set, the command is only ever verified.
+   */
+  invokeMaybeSent: boolean;
+  /** When the invoke was (about to be) sent, ms. */
+  invokedAt?: number;
+  /** The last result (waiting or final). */
+  last?: RelayResult;
+  /** Set when phase is done. */
+  outcome?: RelayResult;
+  /** When a waiting command is tried again by itself (deferrals with a time). */
+  retryAt?: number;
+  createdAt: number;
+  updatedAt: number;
+}
+
+export interface RelayRunRecord {
+  runId: string;
+  template: Omit<RelayCommand, 'meter' | 'id' | 'runId'>;
+  meters: string[];
+  concurrency: number;
+  createdAt: number;
+  /** Every command of the run has a final outcome. */
+  finished: boolean;
+}
+
+export interface RelayJournalOptions {
+  /** fsync each batch (default true; tests on tmpfs may turn it off). */
+  sync?: boolean;
+}
+
+export class RelayJournal {
+  private readonly sublevel;
+  private readonly committer: GroupCommitter;
+  private closed = false;
+  /** Entries that could not be decoded (skipped), since open. */
+  unreadable = 0;
+
+  private constructor(db: GatewayDatabase, options: RelayJournalOptions) {
+    this.sublevel = openSublevel(db, RELAY_SUBLEVEL);
+    this.committer = new GroupCommitter(db, { lingerMs: 0, maxOperations: 1000, sync: options.sync ?? true });
+  }
+
+  static async open(db: GatewayDatabase, options: RelayJournalOptions = {}): Promise<RelayJournal> {
+    return new RelayJournal(db, options);
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  async get(id: string): Promise<RelayJournalEntry | undefined> {
+    const value = await this.sublevel.get(`c!${id}`);
+    return value === undefined ? undefined : this.decode<RelayJournalEntry>(value);
+  }
+
+  /** Writes the entry (and the meter's wear times, when given) atomically; resolves once on disk. */
+  put(entry: RelayJournalEntry, wear?: { meter: string; times: readonly number[] }): Promise<void> {
+    const operations: BatchOperation[] = [{ type: 'put', key: `c!${entry.command.id}`, value: cborEncode(strip(entry)), sublevel: this.sublevel }];
+    if (wear) operations.push({ type: 'put', key: `w!${wear.meter}`, value: cborEncode([...wear.times]), sublevel: this.sublevel });
+    return this.committer.write(operations, undefined, true);
+  }
+
+  async wear(meter: string): Promise<number[]> {
+    const value = await this.sublevel.get(`w!${meter}`);
+    if (value === undefined) return [];
+    const times = this.decode<unknown>(value);
+    return Array.isArray(times) ? times.filter((t): t is number => typeof t === 'number') : [];
+  }
+
+  /** Every command not finished, in id order. */
+  async unfinished(): Promise<RelayJournalEntry[]> {
+    const out: RelayJournalEntry[] = [];
+    for await (const value of this.sublevel.values({ gte: 'c!', lt: 'c"' })) {
+      const entry = this.decode<RelayJournalEntry>(value);
+      if (entry !== undefined && entry.phase !== 'done') out.push(entry);
+    }
+    return out;
+  }
+
+  /** Every command entry (finished included), in id order. */
+  async *entries(): AsyncGenerator<RelayJournalEntry> {
+    for await (const value of this.sublevel.values({ gte: 'c!', lt: 'c"' })) {
+      const entry = this.decode<RelayJournalEntry>(value);
+      if (entry !== undefined) yield entry;
+    }
+  }
+
+  putRun(run: RelayRunRecord): Promise<void> {
+    return this.committer.write([{ type: 'put', key: `r!${run.runId}`, value: cborEncode(run), sublevel: this.sublevel }], undefined, true);
+  }
+
+  async getRun(runId: string): Promise<RelayRunRecord | undefined> {
+    const value = await this.sublevel.get(`r!${runId}`);
+    return value === undefined ? undefined : this.decode<RelayRunRecord>(value);
+  }
+
+  async runs(): Promise<RelayRunRecord[]> {
+    const out: RelayRunRecord[] = [];
+    for await (const value of this.sublevel.values({ gte: 'r!', lt: 'r"' })) {
+      const run = this.decode<RelayRunRecord>(value);
+      if (run !== undefined) out.push(run);
+    }
+    return out;
+  }
+
+  /**
+   * Deletes finished commands whose outcome is older than `before` (ms) and
+   * finished runs created before it; returns how many commands went. A
+   * command id deleted here is no longer recognised as a repeat: keep
+   * outcomes at least as long as the HES may resend (its notAfter).
+   */
+  async purgeFinished(before: number): Promise<number> {
+    const operations: BatchOperation[] = [];
+    let commands = 0;
+    for await (const [key, value] of this.sublevel.iterator({ gte: 'c!', lt: 'c"' })) {
+      const entry = this.decode<RelayJournalEntry>(value);
+      if (entry?.phase === 'done' && entry.updatedAt < before && entry.command.notAfter < before) {
+        operations.push({ type: 'del', key, sublevel: this.sublevel });
+        commands += 1;
+      }
+    }
+    for (const run of await this.runs()) {
+      if (run.finished && run.createdAt < before) operations.push({ type: 'del', key: `r!${run.runId}`, sublevel: this.sublevel });
+    }
+    if (operations.length > 0) await this.committer.write(operations, undefined, true);
+    return commands;
+  }
+
+  /** Writes what is queued and refuses further writes (the database itself belongs to the caller). */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.committer.close();
+  }
+
+  private decode<T>(value: Uint8Array): T | undefined {
+    try {
+      const decoded = cborDecode(value) as T;
+      if (typeof decoded === 'object' && decoded !== null) return decoded;
+    } catch {
+      // fall through
+    }
+    this.unreadable += 1;
+    return undefined;
+  }
+}
+
+/** Drops undefined members (CBOR would keep them as `undefined`). */
+function strip<T extends object>(value: T): T {
+  return JSON.parse(JSON.stringify(value)) as T;
+}
