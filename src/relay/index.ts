@@ -4,6 +4,5 @@ export * from './policy.js';
 export * from './journal.js';
 export * from './audit.js';
 export * from './service.js';
-export * from './scripted-port.js';
 export * from './operators.js';
 export * from './totp.js';

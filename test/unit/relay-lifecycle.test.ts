@@ -4,16 +4,15 @@ import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { LinkMetrics } from '../../src/mesh/registry.js';
 import {
-  ManualRelayTime,
   RelayAudit,
   RelayError,
   RelayJournal,
   RelayService,
-  ScriptedRelayPort,
   type RelayCommand,
   type RelayResult,
   type RelayServiceOptions,
 } from '../../src/relay/index.js';
+import { ManualRelayTime, ScriptedRelayPort } from '../helpers/relay-port.js';
 import { acquireDatabase, type DatabaseLease } from '../../src/store/database.js';
 
 const ADMIN = { source: 'hes' as const, operator: 'alice', role: 'utility-administrator', mfa: true };

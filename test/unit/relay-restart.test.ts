@@ -3,7 +3,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import fc from 'fast-check';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { ManualRelayTime, RelayJournal, RelayService, ScriptedRelayPort, type RelayRunProgress } from '../../src/relay/index.js';
+import { RelayJournal, RelayService, type RelayRunProgress } from '../../src/relay/index.js';
+import { ManualRelayTime, ScriptedRelayPort } from '../helpers/relay-port.js';
 import { acquireDatabase, type DatabaseLease } from '../../src/store/database.js';
 
 const ADMIN = { source: 'local' as const, operator: 'bob', role: 'field-technician', mfa: true };

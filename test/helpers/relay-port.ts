@@ -3,8 +3,8 @@
  * clock/scheduler: for tests of the lifecycle and of what is wired on top of
  * it (node, CLI) without a meter simulator. Not used in production.
  */
-import type { RelayScheduler } from './policy.js';
-import { RelayPortError, type ControlState, type RelayMeterPort, type RelayPortErrorCode } from './types.js';
+import type { RelayScheduler } from '../../src/relay/policy.js';
+import { RelayPortError, type ControlState, type RelayMeterPort, type RelayPortErrorCode } from '../../src/relay/types.js';
 
 export interface ScriptedRelay {
   state: ControlState;
