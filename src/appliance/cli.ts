@@ -252,12 +252,12 @@ async function simMeters(args: string[]): Promise<void> {
     strict: true,
   });
   const protocol = values.protocol ?? 'dlms';
-  const { parseFaultSpec, RelayError } = await import('../sim/relay.js');
+  const { parseFaultSpec, SimRelayError } = await import('../sim/relay.js');
   let faults: ReturnType<typeof parseFaultSpec> = [];
   try {
     faults = values.faults === undefined ? [] : parseFaultSpec(values.faults);
   } catch (err) {
-    if (err instanceof RelayError) throw new UsageError(`--faults: ${err.message}`);
+    if (err instanceof SimRelayError) throw new UsageError(`--faults: ${err.message}`);
     throw err;
   }
   const lossRate = values.loss === undefined ? 0 : Number(values.loss);

@@ -112,12 +112,12 @@ export const DEFAULT_RECHARGE_MS = 10_000;
 export const RELAY_FAULTS = ['weld', 'obstruction', 'lowcap', 'offline', 'tamper'] as const;
 export type RelayFault = (typeof RELAY_FAULTS)[number];
 
-export type RelayErrorCode = 'BAD_FAULT_SPEC' | 'BAD_CONTROL_MODE' | 'BAD_OPTION';
+export type SimRelayErrorCode = 'BAD_FAULT_SPEC' | 'BAD_CONTROL_MODE' | 'BAD_OPTION';
 
-export class RelayError extends Error {
-  override readonly name = 'RelayError';
+export class SimRelayError extends Error {
+  override readonly name = 'SimRelayError';
   constructor(
-    readonly code: RelayErrorCode,
+    readonly code: SimRelayErrorCode,
     message: string,
   ) {
     super(message);
@@ -217,7 +217,7 @@ export class SimulatedRelay {
   constructor(options: RelayOptions = {}) {
     this.now = options.now ?? Date.now;
     this.rechargeMs = options.rechargeMs ?? DEFAULT_RECHARGE_MS;
-    if (!Number.isFinite(this.rechargeMs) || this.rechargeMs < 0) throw new RelayError('BAD_OPTION', 'rechargeMs must be a non-negative number');
+    if (!Number.isFinite(this.rechargeMs) || this.rechargeMs < 0) throw new SimRelayError('BAD_OPTION', 'rechargeMs must be a non-negative number');
     this.mode = checkControlMode(options.controlMode ?? DEFAULT_CONTROL_MODE);
     this.state = options.initialState ?? CONTROL_STATE.connected;
     if (this.mode === 0) this.state = CONTROL_STATE.connected;
@@ -226,7 +226,7 @@ export class SimulatedRelay {
     const charged = options.charged ?? true;
     this.chargingSince = this.supply ? (charged ? this.now() - this.rechargeMs : this.now()) : undefined;
     this.faultSet = new Set(options.faults ?? []);
-    for (const fault of this.faultSet) if (!RELAY_FAULTS.includes(fault)) throw new RelayError('BAD_FAULT_SPEC', `unknown fault "${String(fault)}"`);
+    for (const fault of this.faultSet) if (!RELAY_FAULTS.includes(fault)) throw new SimRelayError('BAD_FAULT_SPEC', `unknown fault "${String(fault)}"`);
     this.nominal = options.nominalVoltage ?? NOMINAL_VOLTAGE;
     if (this.faultSet.has('tamper')) this.raiseTamper();
   }
@@ -414,7 +414,7 @@ export class SimulatedRelay {
 }
 
 function checkControlMode(mode: number): number {
-  if (!Number.isInteger(mode) || mode < 0 || mode > 6) throw new RelayError('BAD_CONTROL_MODE', `control_mode must be 0..6, not ${String(mode)}`);
+  if (!Number.isInteger(mode) || mode < 0 || mode > 6) throw new SimRelayError('BAD_CONTROL_MODE', `control_mode must be 0..6, not ${String(mode)}`);
   return mode;
 }
 
@@ -438,9 +438,9 @@ export function parseFaultSpec(spec: string): FaultAssignment[] {
     const fault = (colon < 0 ? item : item.slice(0, colon)).trim();
     const meter = colon < 0 ? '' : item.slice(colon + 1).trim();
     if (!(RELAY_FAULTS as readonly string[]).includes(fault)) {
-      throw new RelayError('BAD_FAULT_SPEC', `unknown fault "${fault}": expected one of ${RELAY_FAULTS.join(', ')}`);
+      throw new SimRelayError('BAD_FAULT_SPEC', `unknown fault "${fault}": expected one of ${RELAY_FAULTS.join(', ')}`);
     }
-    if (meter === '') throw new RelayError('BAD_FAULT_SPEC', `fault "${fault}" names no meter (expected ${fault}:ID)`);
+    if (meter === '') throw new SimRelayError('BAD_FAULT_SPEC', `fault "${fault}" names no meter (expected ${fault}:ID)`);
     out.push({ fault: fault as RelayFault, meter });
   }
   return out;

@@ -1,11 +1,12 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { once } from 'node:events';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { CLI, REPO_ROOT, startApplianceProcess, type ApplianceProcess } from '../helpers/appliance.js';
 import { freeUdpPort } from '../helpers/ports.js';
+import { outOfOrder, pollUntil, readJsonLines, type RecordLine } from '../helpers/records.js';
 
 /**
  * The outbox's promise, tested the hard way: the gateway is killed with
@@ -35,21 +36,6 @@ afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
-interface RecordLine {
-  id?: string;
-  key?: string;
-  meter: string;
-  ts: number;
-}
-
-function readJsonLines(file: string): RecordLine[] {
-  if (!existsSync(file)) return [];
-  return readFileSync(file, 'utf8')
-    .split('\n')
-    .filter((line) => line.trim() !== '')
-    .map((line) => JSON.parse(line) as RecordLine);
-}
-
 async function startCli(args: string[], ready: RegExp): Promise<ChildProcess> {
   const child = spawn(process.execPath, [CLI, ...args], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
   children.push(child);
@@ -66,15 +52,9 @@ async function startCli(args: string[], ready: RegExp): Promise<ChildProcess> {
   return child;
 }
 
-/** Resolves once `file` has at least `count` JSON lines (files written by another process: polled). */
-async function waitForLines(file: string, count: number, timeoutMs: number): Promise<RecordLine[]> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const lines = readJsonLines(file);
-    if (lines.length >= count) return lines;
-    if (Date.now() > deadline) throw new Error(`${file} has ${lines.length} lines, expected ${count} within ${timeoutMs} ms`);
-    await new Promise((resolve) => setTimeout(resolve, 200));
-  }
+/** Resolves once `file` has at least `count` JSON lines. */
+function waitForLines(file: string, count: number, timeoutMs: number): Promise<RecordLine[]> {
+  return pollUntil(`${file} has ${count} lines`, () => readJsonLines(file), (lines) => lines.length >= count, timeoutMs, 200);
 }
 
 describe('crash safety of the outbox (SIGKILL while meters send)', () => {
@@ -118,12 +98,16 @@ describe('crash safety of the outbox (SIGKILL while meters send)', () => {
     // The restarted gateway drains its outbox: wait until the HES holds every acknowledged key.
     const wanted = new Set(acknowledged.map((line) => String(line.key)));
     await appliance.waitForHealth((h) => h.outboxDepth === 0, 120_000);
-    const deadline = Date.now() + 60_000;
-    let stored = readJsonLines(hesRecord);
-    while ([...wanted].some((key) => !stored.some((line) => line.id === key)) && Date.now() < deadline) {
-      await new Promise((resolve) => setTimeout(resolve, 250));
-      stored = readJsonLines(hesRecord);
-    }
+    // Read once more after that: the simulator records a key before it answers, so this settles at once unless one is missing.
+    const stored = await pollUntil(
+      'the HES holds every acknowledged reading',
+      () => readJsonLines(hesRecord),
+      (lines) => {
+        const ids = new Set(lines.map((line) => line.id));
+        return [...wanted].every((key) => ids.has(key));
+      },
+      60_000,
+    ).catch(() => readJsonLines(hesRecord));
 
     const storedIds = stored.map((line) => String(line.id));
     const missing = [...wanted].filter((key) => !storedIds.includes(key));
@@ -133,13 +117,6 @@ describe('crash safety of the outbox (SIGKILL while meters send)', () => {
     // Nothing the HES holds was invented: each is a reading some meter sent.
     expect(stored.every((line) => line.id?.startsWith('dlms/'))).toBe(true);
     // Per meter, the HES stored readings in the order the meter took them.
-    const lastTs = new Map<string, number>();
-    const outOfOrder: string[] = [];
-    for (const line of stored) {
-      const previous = lastTs.get(line.meter);
-      if (previous !== undefined && line.ts < previous) outOfOrder.push(`${line.meter}: ${line.ts} after ${previous}`);
-      lastTs.set(line.meter, line.ts);
-    }
-    expect(outOfOrder).toEqual([]);
+    expect(outOfOrder(stored)).toEqual([]);
   }, 600_000);
 });

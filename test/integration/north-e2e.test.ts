@@ -1,6 +1,6 @@
 import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -9,6 +9,7 @@ import { cborEncode } from '../../src/coap/cbor.js';
 import { CLI, REPO_ROOT } from '../helpers/appliance.js';
 import type { Namespace } from '../helpers/netns.js';
 import { startTunnel, tunnelSupportProblem, type Tunnel } from '../helpers/openvpn.js';
+import { outOfOrder, pollUntil as waitFor, readJsonLines, type RecordLine } from '../helpers/records.js';
 
 /**
  * The north side end to end, with real components: two HES simulators
@@ -30,40 +31,6 @@ const METERS = 20;
 /** Short failover timers, so the gray-failure case takes seconds (the defaults are 2 s, 5 s and 60 s). */
 const LATENCY_BUDGET_MS = 400;
 const FAILBACK_HOLD_MS = 4000;
-
-interface RecordLine {
-  id?: string;
-  key?: string;
-  meter: string;
-  ts: number;
-}
-
-function readJsonLines(file: string): RecordLine[] {
-  if (!existsSync(file)) return [];
-  return readFileSync(file, 'utf8')
-    .split('\n')
-    .filter((line) => line.trim() !== '')
-    .map((line) => JSON.parse(line) as RecordLine);
-}
-
-/** Polls `read` until `predicate` holds: the files and health checked here belong to other processes. */
-async function waitFor<T>(what: string, read: () => T | Promise<T>, predicate: (value: T) => boolean, timeoutMs: number): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: T | undefined;
-  let lastError: unknown;
-  for (;;) {
-    try {
-      last = await read();
-      if (predicate(last)) return last;
-    } catch (err) {
-      lastError = err;
-    }
-    if (Date.now() > deadline) {
-      throw new Error(`${what}: not within ${timeoutMs} ms (last: ${lastError ? String(lastError) : JSON.stringify(last)?.slice(0, 500)})`);
-    }
-    await new Promise((resolve) => setTimeout(resolve, 300));
-  }
-}
 
 interface Started {
   child: ChildProcess;
@@ -90,18 +57,6 @@ async function stopProcess(child: ChildProcess | undefined): Promise<void> {
   if (!child || child.exitCode !== null || child.signalCode !== null) return;
   child.kill('SIGTERM');
   await once(child, 'exit');
-}
-
-/** Per meter, the readings a HES stored must follow the order the meter took them. */
-function outOfOrder(lines: RecordLine[]): string[] {
-  const last = new Map<string, number>();
-  const wrong: string[] = [];
-  for (const line of lines) {
-    const previous = last.get(line.meter);
-    if (previous !== undefined && line.ts < previous) wrong.push(`${line.meter}: ${line.ts} after ${previous}`);
-    last.set(line.meter, line.ts);
-  }
-  return wrong;
 }
 
 describe.skipIf(problem !== undefined)(`north side end to end over a real OpenVPN tunnel${problem ? ` (skipped: ${problem})` : ''}`, () => {

@@ -6,7 +6,7 @@ import {
   faultsFor,
   FRAUD_EVENT_CODE,
   parseFaultSpec,
-  RelayError,
+  SimRelayError,
   SimulatedRelay,
   type RelayOptions,
 } from '../../src/sim/relay.js';
@@ -187,11 +187,11 @@ describe('simulated disconnect relay', () => {
     expect(faultsFor(spec, 'mtr-000001', 1)).toEqual([]);
     expect(parseFaultSpec('')).toEqual([]);
     for (const bad of ['melt:1', 'weld', 'weld:']) {
-      expect(() => parseFaultSpec(bad)).toThrowError(RelayError);
+      expect(() => parseFaultSpec(bad)).toThrowError(SimRelayError);
       try {
         parseFaultSpec(bad);
       } catch (err) {
-        expect((err as RelayError).code).toBe('BAD_FAULT_SPEC');
+        expect((err as SimRelayError).code).toBe('BAD_FAULT_SPEC');
       }
     }
   });
