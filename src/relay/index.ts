@@ -6,3 +6,4 @@ export * from './audit.js';
 export * from './service.js';
 export * from './operators.js';
 export * from './totp.js';
+export * from './dlms-port.js';

@@ -12,19 +12,23 @@
  * lifecycles under way (src/store GroupCommitter): put() resolves only once
  * the entry is on disk. The write that marks a command `actuating` carries
  * the relay's wear record in the same atomic batch, and the lifecycle sends
- * the invoke only after it resolved: after a crash, a command whose journal
- * says `invokeMaybeSent` is never invoked again, only verified.
+ * the invoke only after it resolved. After a crash, a command whose journal
+ * says `actuating` (invokeMaybeSent + invokeUnanswered) is first read back:
+ * finished without an invoke when the relay moved, invoked once more (a new
+ * `actuating` record, attempts 2, written first) only when it is still in
+ * `fromState`; see the header of service.ts for the full rule.
  */
 import { cborDecode, cborEncode } from '../coap/cbor.js';
 import { openSublevel, type GatewayDatabase } from '../store/database.js';
 import { GroupCommitter, type BatchOperation } from '../store/group-commit.js';
-import type { RelayCommand, RelayResult } from './types.js';
+import type { ControlState, RelayCommand, RelayResult } from './types.js';
 
 export const RELAY_SUBLEVEL = 'relay-ops';
 
 /**
  * accepted: journaled, nothing sent; deferred / pending: waiting (see `last`);
- * actuating: the invoke may have been sent; done: finished (see `outcome`).
+ * actuating: the invoke (attempt `attempts`) may have been sent and its answer
+ * is not recorded yet; done: finished (see `outcome`).
  */
 export type RelayPhase = 'accepted' | 'deferred' | 'pending' | 'actuating' | 'done';
 
@@ -34,10 +38,26 @@ export interface RelayJournalEntry {
   /**
    * The invoke may have reached the meter (set with `actuating`, before the
    * invoke is sent; cleared only when the meter said it did not actuate,
-   * e.g. E001). While set, the command is only ever verified.
+   * e.g. E001). While set, the relay is read back before anything else.
    */
   invokeMaybeSent: boolean;
-  /** When the invoke was (about to be) sent, ms. */
+  /**
+   * The last invoke got no answer: written true with `actuating` (before the
+   * invoke is sent) and kept when the invoke timed out (COMM_TIMEOUT_ERR) or
+   * the gateway stopped; false once the meter answered it. Only such a
+   * command may be invoked once more, and only if the read-back shows the
+   * relay still in `fromState`. Absent in older entries: true when phase is
+   * `actuating`.
+   */
+  invokeUnanswered?: boolean;
+  /**
+   * Invokes of this command that may have reached the meter (1 or 2; an
+   * invoke the meter refused with E001 does not count). At most 2.
+   */
+  attempts?: number;
+  /** control_state read just before the first invoke (the origin state). */
+  fromState?: ControlState;
+  /** When the (last) invoke was (about to be) sent, ms. */
   invokedAt?: number;
   /** The last result (waiting or final). */
   last?: RelayResult;

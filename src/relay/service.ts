@@ -9,7 +9,8 @@
  *                 already in the target state: confirm without actuation
  *                 (disconnect: load voltage read too, a weld is reported)
  *            -> wear gate (min interval, cap per hour, else DEFERRED wear)
- *            -> journal `actuating` + the relay's wear record (synced, one batch)
+ *            -> journal `actuating` (attempts 1, fromState = the state read,
+ *               invokeUnanswered) + the relay's wear record (synced, one batch)
  *            -> invoke remote_disconnect / remote_reconnect
  *            -> verify: read control_state and load voltage
  *                 RELAY_OP_SUCCESS | RELAY_WELD_DETECTED | E099 (+ re-sync read)
@@ -17,14 +18,36 @@
  *
  * Meter failures (RelayPortError): COMM_TIMEOUT_ERR and NO_POWER keep the
  * command pending until meterAvailable() (or its notAfter: EXPIRED);
- * LOW_CAPACITOR defers it for the charge cycle (E001, the meter did not
- * actuate, so the retry may invoke); AUTH_FAILURE -> E012, OBSTRUCTION ->
- * E044, REFUSED -> REFUSED (final).
+ * LOW_CAPACITOR defers it for the charge cycle (E001) and NO_POWER until
+ * power is restored; in both the meter says it did not actuate, so the retry
+ * may invoke (that attempt is neither wear nor counted in `attempts`); AUTH_FAILURE -> E012, OBSTRUCTION -> E044, REFUSED ->
+ * REFUSED (final).
  *
- * The one rule that prevents double actuation: once `actuating` is on disk
- * (invokeMaybeSent) the command is never invoked again, whatever happens
- * (timeout, crash, restart, repeat of the command, meterAvailable): it is
- * only verified, and a relay not in the target state then is E099.
+ * The rule that prevents double actuation while letting a resumed command
+ * complete. Once `actuating` is on disk (invokeMaybeSent) the command is never
+ * invoked again without first reading the relay back (control_state and load
+ * voltage), whatever brought it back (restart, timeout, repeat of the
+ * command, meterAvailable):
+ *   1. relay in the target state (disconnect: 0; reconnect: 1, or 2 when
+ *      acceptReadyForReconnection): finished as verify finishes
+ *      (RELAY_OP_SUCCESS, or RELAY_WELD_DETECTED with load voltage), no invoke;
+ *   2. relay still in `fromState` (it did not move) and the last invoke is
+ *      unanswered (invokeUnanswered: the gateway stopped before the answer was
+ *      journaled, so resume() finds `actuating`; or the invoke itself ended
+ *      COMM_TIMEOUT_ERR and the meter is tried again) and it was the first
+ *      attempt: past notAfter EXPIRED (never invoked late); else the link and
+ *      wear gates as for a first invoke (the command's own first attempt does
+ *      not hold it back), then a new `actuating` record with attempts 2
+ *      (synced, its wear record in the same batch) and invoke 2, then verify;
+ *   3. anything else is verified as before: an invoke the meter answered (OK,
+ *      REFUSED, ...) that left the relay unmoved, a second attempt that did
+ *      not move it, a state that is neither: E099 (+ re-sync read).
+ * At most two invokes per command and never two operations of the relay: a
+ * latching relay moves only when it is not in the target state and after
+ * moving it is in the target state, which the read-back sees; the second
+ * invoke is sent only after a read-back found the relay unmoved, and if the
+ * first invoke still arrives late, one of the two finds the relay already in
+ * the target state and does nothing.
  */
 import { EventEmitter } from 'node:events';
 import { randomUUID } from 'node:crypto';
@@ -166,7 +189,8 @@ export class RelayService extends EventEmitter<RelayServiceEvents> {
   /**
    * Runs one command to a result. A command id seen before returns its
    * recorded outcome without touching the meter (an unfinished one is tried
-   * again, never invoked twice). Throws RelayError BAD_COMMAND, ID_CONFLICT
+   * again under the read-back rule of the header: the relay never operates
+   * twice). Throws RelayError BAD_COMMAND, ID_CONFLICT
    * (same id, different command) or CLOSED.
    */
   execute(command: RelayCommand): Promise<RelayResult> {
@@ -215,7 +239,8 @@ export class RelayService extends EventEmitter<RelayServiceEvents> {
 
   /**
    * Continues every unfinished command of the journal: those accepted or
-   * actuating (verified only) or pending are tried now, deferred ones at
+   * actuating (read back first; invoked once more only if the relay did not
+   * move) or pending are tried now, deferred ones at
    * their retry time; unfinished rolling runs are restarted. Resolves with
    * the results of the commands tried now, once they and the runs settled.
    */
@@ -390,7 +415,7 @@ export class RelayService extends EventEmitter<RelayServiceEvents> {
     const cmd = entry.command;
     if (entry.phase === 'done' && entry.outcome) return entry.outcome;
     this.cancelTimer(cmd.id);
-    // Never invoke twice: a command that may have been invoked is only verified.
+    // The invoke may have been sent: read the relay back before anything else.
     if (entry.invokeMaybeSent) return this.verify(entry, true);
     const now = this.now();
     if (now >= cmd.notAfter) return this.finish(entry, 'EXPIRED', { detail: 'notAfter passed before the relay was operated' });
@@ -398,14 +423,8 @@ export class RelayService extends EventEmitter<RelayServiceEvents> {
       return this.defer(entry, 'not-before', cmd.notBefore, 'the command is not valid yet');
     }
 
-    // Link gate.
-    const metrics = this.options.linkMetrics?.(cmd.meter);
-    const problem = linkProblem(metrics, this.thresholds);
-    if (problem !== undefined) {
-      this.audit.daemon(this.fields(cmd, 'link-check', 'LINK_DEFERRED', { link: describeLink(metrics), why: problem }));
-      return this.defer(entry, 'link', now + this.linkRetryMs, problem);
-    }
-    this.audit.daemon(this.fields(cmd, 'link-check', 'LINK_OK', { link: describeLink(metrics) }));
+    const linkDeferred = this.linkGate(entry, now);
+    if (linkDeferred) return linkDeferred;
 
     // Baseline.
     let state: ControlState;
@@ -430,35 +449,62 @@ export class RelayService extends EventEmitter<RelayServiceEvents> {
 
     // Wear gate.
     const times = await this.journal.wear(cmd.meter);
-    const wear = wearDeferral(times, now, this.wearLimits);
-    if (wear) {
-      this.audit.actuator(this.fields(cmd, 'wear-check', 'WEAR_LIMIT', { until: new Date(wear.until).toISOString(), why: wear.detail }));
-      return this.defer(entry, 'wear', wear.until, wear.detail);
-    }
+    const wearDeferred = this.wearGate(entry, times, now);
+    if (wearDeferred) return wearDeferred;
+    return this.actuate(entry, state, times, false);
+  }
 
+  /** Journals `actuating` (synced, with the wear record), then sends the invoke and verifies. */
+  private async actuate(entry: RelayJournalEntry, fromState: ControlState, times: readonly number[], resumed: boolean): Promise<RelayResult> {
+    const cmd = entry.command;
+    const attempts = attemptsOf(entry) + 1;
     // Actuate: on disk before the invoke is sent.
     const invokedAt = this.now();
-    const actuating: RelayJournalEntry = { ...entry, phase: 'actuating', invokeMaybeSent: true, invokedAt, updatedAt: invokedAt };
+    const actuating: RelayJournalEntry = {
+      ...entry,
+      phase: 'actuating',
+      invokeMaybeSent: true,
+      invokeUnanswered: true,
+      attempts,
+      fromState,
+      invokedAt,
+      updatedAt: invokedAt,
+    };
     delete actuating.retryAt;
     await this.journal.put(actuating, { meter: cmd.meter, times: [...pruneWear(times, invokedAt), invokedAt] });
     this.track(actuating);
-    this.audit.actuator(this.fields(cmd, 'actuate', 'ACTUATING', { method: methodFor(cmd.action), from_state: state }));
+    this.audit.actuator(this.fields(cmd, 'actuate', 'ACTUATING', { method: methodFor(cmd.action), from_state: fromState, attempt: attempts }));
     try {
       await this.call(cmd, 'invoke', () => this.port.invoke(cmd.meter, methodFor(cmd.action), this.abort.signal));
     } catch (err) {
-      if (err instanceof RelayPortError && err.code === 'LOW_CAPACITOR' && !this.abort.signal.aborted) {
-        // The meter says it did not fire: the retry may invoke, and this attempt does not count as wear.
-        const cleared: RelayJournalEntry = { ...actuating, invokeMaybeSent: false };
+      if (err instanceof RelayPortError && (err.code === 'LOW_CAPACITOR' || err.code === 'NO_POWER') && !this.abort.signal.aborted) {
+        // The meter says it did not fire (no charge, or no supply to charge from): the retry may invoke,
+        // and this attempt counts neither as wear nor as an attempt. Without power the meter keeps the
+        // command pending, as the field procedure says, until power is restored (meterAvailable).
+        const cleared: RelayJournalEntry = { ...actuating, invokeMaybeSent: false, invokeUnanswered: false, attempts: attempts - 1 };
         delete cleared.invokedAt;
-        return this.defer(cleared, 'E001', this.now() + this.chargeCycleMs, err.message, { meter: cmd.meter, times: pruneWear(times, invokedAt) });
+        const wear = { meter: cmd.meter, times: pruneWear(times, invokedAt) };
+        if (err.code === 'NO_POWER') return this.defer(cleared, 'no-power', undefined, err.message, wear);
+        return this.defer(cleared, 'E001', this.now() + this.chargeCycleMs, err.message, wear);
       }
-      return this.failed(actuating, err);
+      // Only a timeout leaves the invoke unanswered; any other answer says what the meter did.
+      const answered = err instanceof RelayPortError && err.code !== 'COMM_TIMEOUT_ERR';
+      return this.failed(answered ? { ...actuating, invokeUnanswered: false } : actuating, err, resumed);
     }
-    return this.verify(actuating, false);
+    return this.verify({ ...actuating, invokeUnanswered: false }, resumed);
   }
 
+  /**
+   * Reads the relay back after an invoke (or on resuming a command whose
+   * invoke may have been sent) and concludes; a relay found unmoved after an
+   * unanswered first invoke is invoked once more (rule 2 of the header).
+   */
   private async verify(entry: RelayJournalEntry, resumed: boolean): Promise<RelayResult> {
     const cmd = entry.command;
+    if (entry.invokeMaybeSent && entry.invokeUnanswered === undefined) {
+      // An entry written before invokeUnanswered existed: `actuating` means no answer was journaled.
+      entry = { ...entry, invokeUnanswered: entry.phase === 'actuating' };
+    }
     let state: ControlState;
     let voltage: number;
     try {
@@ -468,6 +514,74 @@ export class RelayService extends EventEmitter<RelayServiceEvents> {
       return this.failed(entry, err, resumed);
     }
     this.audit.actuator(this.fields(cmd, 'verify', 'STATE_READ', { control_state: state, load_voltage: voltage }));
+    if (this.mayInvokeAgain(entry) && !this.reached(cmd, state) && this.unmoved(entry, state)) {
+      return this.invokeAgain(entry, state, voltage);
+    }
+    return this.conclude(entry, state, voltage, resumed);
+  }
+
+  /** Rule 2: the relay did not move after an unanswered first invoke. */
+  private async invokeAgain(entry: RelayJournalEntry, state: ControlState, voltage: number): Promise<RelayResult> {
+    const cmd = entry.command;
+    const now = this.now();
+    this.audit.daemon(this.fields(cmd, 'resume', 'RELAY_NOT_MOVED', { control_state: state, load_voltage: voltage, attempts: attemptsOf(entry) }));
+    if (now >= cmd.notAfter) {
+      return this.finish(entry, 'EXPIRED', {
+        state,
+        loadVoltage: voltage,
+        resumed: true,
+        detail: 'notAfter passed: the relay had not moved after an unanswered invoke and is not invoked again',
+      });
+    }
+    const linkDeferred = this.linkGate(entry, now);
+    if (linkDeferred) return linkDeferred;
+    const times = await this.journal.wear(cmd.meter);
+    // The command's own first attempt did not move the relay: it does not hold back its completion.
+    const others = entry.invokedAt === undefined ? times : times.filter((t) => t !== entry.invokedAt);
+    const wearDeferred = this.wearGate(entry, others, now);
+    if (wearDeferred) return wearDeferred;
+    return this.actuate(entry, entry.fromState ?? state, times, true);
+  }
+
+  /** Whether the relay may be invoked once more: its last invoke is unanswered and was the first. */
+  private mayInvokeAgain(entry: RelayJournalEntry): boolean {
+    return entry.invokeMaybeSent && entry.invokeUnanswered === true && attemptsOf(entry) < MAX_ATTEMPTS;
+  }
+
+  /** The state verify accepts as the command done (weld aside). */
+  private reached(cmd: RelayCommand, state: ControlState): boolean {
+    return cmd.action === 'disconnect' ? state === 0 : state === 1 || (state === 2 && this.acceptReady);
+  }
+
+  /** Still in the state read before the first invoke (older entries: not moved towards the target). */
+  private unmoved(entry: RelayJournalEntry, state: ControlState): boolean {
+    if (entry.fromState !== undefined) return state === entry.fromState;
+    return entry.command.action === 'disconnect' ? state !== 0 : state === 0;
+  }
+
+  private linkGate(entry: RelayJournalEntry, now: number): Promise<RelayResult> | undefined {
+    const cmd = entry.command;
+    const metrics = this.options.linkMetrics?.(cmd.meter);
+    const problem = linkProblem(metrics, this.thresholds);
+    if (problem !== undefined) {
+      this.audit.daemon(this.fields(cmd, 'link-check', 'LINK_DEFERRED', { link: describeLink(metrics), why: problem }));
+      return this.defer(entry, 'link', now + this.linkRetryMs, problem);
+    }
+    this.audit.daemon(this.fields(cmd, 'link-check', 'LINK_OK', { link: describeLink(metrics) }));
+    return undefined;
+  }
+
+  private wearGate(entry: RelayJournalEntry, gateTimes: readonly number[], now: number): Promise<RelayResult> | undefined {
+    const cmd = entry.command;
+    const wear = wearDeferral(gateTimes, now, this.wearLimits);
+    if (!wear) return undefined;
+    this.audit.actuator(this.fields(cmd, 'wear-check', 'WEAR_LIMIT', { until: new Date(wear.until).toISOString(), why: wear.detail }));
+    return this.defer(entry, 'wear', wear.until, wear.detail);
+  }
+
+  /** The outcome of a read-back: success, weld, or E099 after a re-sync read. */
+  private async conclude(entry: RelayJournalEntry, state: ControlState, voltage: number, resumed: boolean): Promise<RelayResult> {
+    const cmd = entry.command;
     const base = { state, loadVoltage: voltage, resumed };
     if (cmd.action === 'disconnect' && state === 0) {
       if (voltage > this.weldVoltage) {
@@ -493,7 +607,7 @@ export class RelayService extends EventEmitter<RelayServiceEvents> {
       state: real,
       loadVoltage: realVoltage,
       resumed,
-      detail: `after ${methodFor(cmd.action)} control_state is ${real}, expected ${targetState(cmd.action)}`,
+      detail: `after ${methodFor(cmd.action)}${attemptsOf(entry) > 1 ? ` (${attemptsOf(entry)} attempts)` : ''} control_state is ${real}, expected ${targetState(cmd.action)}`,
     });
   }
 
@@ -536,7 +650,8 @@ export class RelayService extends EventEmitter<RelayServiceEvents> {
     extra: Partial<Pick<RelayResult, 'state' | 'loadVoltage' | 'idempotent' | 'detail' | 'resumed'>>,
   ): Promise<RelayResult> {
     const cmd = entry.command;
-    const result = this.result(cmd, code, { ...extra, actuated: entry.invokeMaybeSent });
+    const attempts = attemptsOf(entry);
+    const result = this.result(cmd, code, { ...extra, actuated: entry.invokeMaybeSent, ...(attempts > 1 ? { attempts } : {}) });
     const done: RelayJournalEntry = { ...entry, phase: 'done', outcome: result, last: result, updatedAt: result.at };
     delete done.retryAt;
     await this.journal.put(done);
@@ -575,7 +690,7 @@ export class RelayService extends EventEmitter<RelayServiceEvents> {
     delete pending.retryAt;
     await this.journal.put(pending);
     this.track(pending);
-    this.audit.actuator(this.fields(cmd, 'outcome', 'COMM_TIMEOUT_ERR', { detail, invoke_maybe_sent: entry.invokeMaybeSent }));
+    this.audit.actuator(this.fields(cmd, 'outcome', 'COMM_TIMEOUT_ERR', { detail, invoke_maybe_sent: entry.invokeMaybeSent, invoke_unanswered: entry.invokeUnanswered }));
     this.audit.daemon(this.fields(cmd, 'pending', 'PENDING', { until: iso(cmd.notAfter) }));
     this.emit('result', result);
     this.schedule(pending);
@@ -657,6 +772,14 @@ export class RelayService extends EventEmitter<RelayServiceEvents> {
   private assertOpen(): void {
     if (this.closed) throw new RelayError('CLOSED', 'the relay service is closed');
   }
+}
+
+/** Invokes a command may send: the first, and one more after an unanswered one that left the relay unmoved. */
+const MAX_ATTEMPTS = 2;
+
+/** Invokes of the command that may have reached the meter (older entries: 1 while invokeMaybeSent). */
+function attemptsOf(entry: RelayJournalEntry): number {
+  return entry.attempts ?? (entry.invokeMaybeSent ? 1 : 0);
 }
 
 function iso(time: number | undefined): string | undefined {

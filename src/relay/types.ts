@@ -133,8 +133,16 @@ export interface RelayResult {
   code: RelayResultCode;
   /** True for RelayFinalCode: nothing more will happen for this command. */
   final: boolean;
-  /** Whether this command invoked the relay method (at most once per command). */
+  /**
+   * Whether this command sent the relay method (an invoke that may have
+   * reached the meter). The relay itself operates at most once per command.
+   */
   actuated: boolean;
+  /**
+   * Invokes sent for this command when more than one: 2 after a resumed
+   * command found the relay unmoved and invoked it once more.
+   */
+  attempts?: number;
   /** Already in the target state: confirmed without actuation. */
   idempotent?: boolean;
   /** control_state last read (after a re-sync for E099). */
@@ -147,7 +155,7 @@ export interface RelayResult {
   retryAt?: number;
   /** Human-readable detail (why deferred, the port error message, ...). */
   detail?: string;
-  /** Concluded after a restart or re-dispatch from a journal that said the invoke may have been sent. */
+  /** Concluded after a restart or re-dispatch from a journal that said the invoke may have been sent (read back first). */
   resumed?: boolean;
   runId?: string;
   /** ms since the epoch. */

@@ -6,22 +6,35 @@
 import type { RelayScheduler } from '../../src/relay/policy.js';
 import { RelayPortError, type ControlState, type RelayMeterPort, type RelayPortErrorCode } from '../../src/relay/types.js';
 
+/**
+ * One meter's relay: latching, it moves only when an invoke finds it out of
+ * the method's target state. Three counters tell apart what the gateway sent
+ * (`invokeCalls`), what reached the meter (`invokes`) and what the relay
+ * physically did (`actuations`).
+ */
 export interface ScriptedRelay {
   state: ControlState;
   /** Supply voltage seen on the load side when the contacts are closed (default 230). */
   supply: number;
   /** Contacts welded: reports disconnected but the load stays powered. */
   weld: boolean;
-  /** The invoke is accepted but the relay does not change state (E099). */
+  /** Every invoke is accepted but the relay does not change state (E099). */
   stuck: boolean;
-  /** Next invoke fails with this code (before moving), once (`times` times). */
+  /**
+   * The next `times` invokes reach the meter and fail with this code without
+   * moving the relay (COMM_TIMEOUT_ERR: lost on the way, the meter never saw it).
+   */
   invokeFault?: { code: RelayPortErrorCode; times: number };
   /** Next invoke moves the relay, then times out (the answer is lost), once. */
   timeoutAfterActuate?: boolean;
   /** Reads fail with this code while set. */
   readFault?: RelayPortErrorCode;
-  /** Invokes that reached the relay (the relay's operation count). */
+  /** Invokes the gateway sent (port.invoke calls), whether or not they arrived. */
+  invokeCalls: number;
+  /** Invokes that reached the meter (refused ones included), whether or not the relay moved. */
   invokes: number;
+  /** Real state changes of the relay caused by invokes: its physical operation count. */
+  actuations: number;
 }
 
 /** What the port does with a call: 'run' normally, or hang (until aborted) with or without the call's effect. */
@@ -44,7 +57,7 @@ export class ScriptedRelayPort implements RelayMeterPort {
   relay(meter: string, init: Partial<ScriptedRelay> = {}): ScriptedRelay {
     let relay = this.relays.get(meter);
     if (!relay) {
-      relay = { state: 1, supply: 230, weld: false, stuck: false, invokes: 0, ...init };
+      relay = { state: 1, supply: 230, weld: false, stuck: false, invokeCalls: 0, invokes: 0, actuations: 0, ...init };
       this.relays.set(meter, relay);
     } else Object.assign(relay, init);
     return relay;
@@ -72,19 +85,28 @@ export class ScriptedRelayPort implements RelayMeterPort {
 
   async invoke(meter: string, method: 'remote_disconnect' | 'remote_reconnect', signal: AbortSignal): Promise<void> {
     const relay = this.get(meter);
-    const fault = relay.invokeFault;
-    const effect = () => {
-      if (fault && fault.times > 0) return;
+    relay.invokeCalls += 1;
+    /** What the invoke does at the meter; returns the error the meter answers, if any. */
+    const effect = (): RelayPortError | undefined => {
+      const fault = relay.invokeFault;
+      if (fault && fault.times > 0) {
+        fault.times -= 1;
+        if (fault.times === 0) delete relay.invokeFault;
+        if (fault.code !== 'COMM_TIMEOUT_ERR') relay.invokes += 1;
+        return new RelayPortError(fault.code, `scripted ${fault.code}`);
+      }
       relay.invokes += 1;
-      if (!relay.stuck) relay.state = method === 'remote_disconnect' ? 0 : 1;
+      const target: ControlState = method === 'remote_disconnect' ? 0 : 1;
+      // Latching: an invoke finding the relay in the target state does nothing.
+      if (!relay.stuck && relay.state !== target) {
+        relay.state = target;
+        relay.actuations += 1;
+      }
+      return undefined;
     };
-    await this.gate('invoke', meter, signal, effect);
-    if (fault && fault.times > 0) {
-      fault.times -= 1;
-      if (fault.times === 0) delete relay.invokeFault;
-      throw new RelayPortError(fault.code, `scripted ${fault.code}`);
-    }
-    effect();
+    await this.gate('invoke', meter, signal, () => void effect());
+    const error = effect();
+    if (error) throw error;
     if (relay.timeoutAfterActuate) {
       relay.timeoutAfterActuate = false;
       throw new RelayPortError('COMM_TIMEOUT_ERR', 'scripted: the answer was lost');

@@ -69,7 +69,8 @@ describe('relay lifecycle: outcomes', () => {
     const relay = port.relay('m1', { state: 1 });
     const result = await service.execute(command('m1'));
     expect(result).toMatchObject({ code: 'RELAY_OP_SUCCESS', final: true, actuated: true, state: 0, loadVoltage: 0, operator: 'alice' });
-    expect(relay.invokes).toBe(1);
+    expect(result.attempts).toBeUndefined();
+    expect(relay).toMatchObject({ invokeCalls: 1, invokes: 1, actuations: 1 });
     expect(relay.state).toBe(0);
     expect(results.map((r) => r.code)).toEqual(['RELAY_OP_SUCCESS']);
     expect((await service.status('cmd-m1-disconnect'))?.phase).toBe('done');
@@ -108,12 +109,14 @@ describe('relay lifecycle: outcomes', () => {
     const relay = port.relay('m1', { state: 1, invokeFault: { code: 'LOW_CAPACITOR', times: 1 } });
     const first = await service.execute(command('m1'));
     expect(first).toMatchObject({ code: 'DEFERRED', reason: 'E001', final: false, retryAt: time.now() + 30_000, actuated: false });
-    expect(relay.invokes).toBe(0);
+    // The meter received the invoke and refused it: the relay did not move.
+    expect(relay).toMatchObject({ invokes: 1, actuations: 0, state: 1 });
     time.advance(30_000);
     await service.idle();
     const entry = await service.status('cmd-m1-disconnect');
     expect(entry?.outcome).toMatchObject({ code: 'RELAY_OP_SUCCESS', actuated: true });
-    expect(relay.invokes).toBe(1);
+    expect(entry?.outcome?.attempts).toBeUndefined();
+    expect(relay).toMatchObject({ invokes: 2, actuations: 1 });
     await stop();
     expect(await readFile(path.join(dir, 'logs', 'actuator.log'), 'utf8')).toContain('token=E001');
   });
@@ -126,10 +129,11 @@ describe('relay lifecycle: outcomes', () => {
     expect(port.relays.get('a')?.state).toBe(1);
   });
 
-  it('E099 logical state mismatch: re-syncs and records the real state', async () => {
-    port.relay('m1', { state: 1, stuck: true });
+  it('E099 logical state mismatch: re-syncs and records the real state; an answered invoke is not sent again', async () => {
+    const relay = port.relay('m1', { state: 1, stuck: true });
     const result = await service.execute(command('m1'));
     expect(result).toMatchObject({ code: 'E099', final: true, state: 1, loadVoltage: 230 });
+    expect(relay).toMatchObject({ invokeCalls: 1, invokes: 1, actuations: 0 });
     await stop();
     expect(await readFile(path.join(dir, 'logs', 'relay_daemon.log'), 'utf8')).toContain('token=STATE_RESYNC');
   });
@@ -268,11 +272,11 @@ describe('relay lifecycle: link, wear, pending, expiry', () => {
   it('a meter without power: deferred no-power, run when power is restored', async () => {
     const relay = port.relay('m1', { state: 1, invokeFault: { code: 'NO_POWER', times: 1 } });
     const result = await service.execute(command('m1'));
-    expect(result).toMatchObject({ code: 'DEFERRED', reason: 'no-power', actuated: true });
-    // The invoke may have been sent: on power restored it is verified, never invoked again.
+    expect(result).toMatchObject({ code: 'DEFERRED', reason: 'no-power', actuated: false });
+    // The meter said it could not fire (no supply): once power is restored the command runs.
     const [after] = await service.meterAvailable('m1');
-    expect(after).toMatchObject({ code: 'E099', resumed: true, state: 1 });
-    expect(relay.invokes).toBe(0);
+    expect(after).toMatchObject({ code: 'RELAY_OP_SUCCESS', state: 0 });
+    expect(relay).toMatchObject({ invokeCalls: 2, actuations: 1 });
   });
 
   it('a timeout after the relay moved is pending, then verified without a second invoke', async () => {
@@ -280,7 +284,64 @@ describe('relay lifecycle: link, wear, pending, expiry', () => {
     expect(await service.execute(command('m1'))).toMatchObject({ code: 'COMM_TIMEOUT_ERR', actuated: true });
     const [after] = await service.meterAvailable('m1');
     expect(after).toMatchObject({ code: 'RELAY_OP_SUCCESS', resumed: true, actuated: true });
-    expect(relay.invokes).toBe(1);
+    expect(after?.attempts).toBeUndefined();
+    expect(relay).toMatchObject({ invokeCalls: 1, invokes: 1, actuations: 1 });
+  });
+
+  it('an invoke that timed out before reaching the meter: read back on meterAvailable, unmoved, invoked once more (not held by its own wear record)', async () => {
+    const relay = port.relay('m1', { state: 1, invokeFault: { code: 'COMM_TIMEOUT_ERR', times: 1 } });
+    expect(await service.execute(command('m1'))).toMatchObject({ code: 'COMM_TIMEOUT_ERR', final: false, actuated: true });
+    expect(await service.status('cmd-m1-disconnect')).toMatchObject({ phase: 'pending', invokeUnanswered: true, attempts: 1, fromState: 1 });
+    expect(relay).toMatchObject({ invokeCalls: 1, invokes: 0, actuations: 0 });
+    const [after] = await service.meterAvailable('m1');
+    expect(after).toMatchObject({ code: 'RELAY_OP_SUCCESS', resumed: true, actuated: true, attempts: 2, state: 0 });
+    expect(relay).toMatchObject({ invokeCalls: 2, invokes: 1, actuations: 1, state: 0 });
+    // The extra invoke counts as wear: a reconnect right after is held by the minimum interval.
+    expect(await service.execute(command('m1', 'reconnect'))).toMatchObject({ code: 'DEFERRED', reason: 'wear' });
+    await stop();
+    expect(await readFile(path.join(dir, 'logs', 'actuator.log'), 'utf8')).toMatch(/step=actuate token=ACTUATING .*attempt=2/);
+    expect(await readFile(path.join(dir, 'logs', 'relay_daemon.log'), 'utf8')).toContain('token=RELAY_NOT_MOVED');
+  });
+
+  it('one extra attempt at most: a second unanswered invoke is only verified afterwards (E099 if the relay never moved)', async () => {
+    const relay = port.relay('m1', { state: 1, invokeFault: { code: 'COMM_TIMEOUT_ERR', times: 2 } });
+    expect((await service.execute(command('m1'))).code).toBe('COMM_TIMEOUT_ERR');
+    const [second] = await service.meterAvailable('m1');
+    expect(second).toMatchObject({ code: 'COMM_TIMEOUT_ERR', final: false });
+    expect(await service.status('cmd-m1-disconnect')).toMatchObject({ phase: 'pending', invokeUnanswered: true, attempts: 2 });
+    const [third] = await service.meterAvailable('m1');
+    expect(third).toMatchObject({ code: 'E099', final: true, resumed: true, attempts: 2, state: 1 });
+    expect(relay).toMatchObject({ invokeCalls: 2, invokes: 0, actuations: 0 });
+  });
+
+  it('an unanswered invoke and a relay that still does not move on the extra attempt: E099', async () => {
+    const relay = port.relay('m1', { state: 1, stuck: true, invokeFault: { code: 'COMM_TIMEOUT_ERR', times: 1 } });
+    await service.execute(command('m1'));
+    const [after] = await service.meterAvailable('m1');
+    expect(after).toMatchObject({ code: 'E099', resumed: true, attempts: 2, state: 1, loadVoltage: 230 });
+    expect(after?.detail).toMatch(/2 attempts/);
+    expect(relay).toMatchObject({ invokeCalls: 2, invokes: 1, actuations: 0 });
+  });
+
+  it('an unmoved relay found after notAfter is not invoked again: EXPIRED', async () => {
+    const relay = port.relay('m1', { state: 1, invokeFault: { code: 'COMM_TIMEOUT_ERR', times: 1 } });
+    await service.execute(command('m1', 'disconnect', { notAfter: time.now() + 10_000 }));
+    time.advance(10_000);
+    await service.idle();
+    expect((await service.status('cmd-m1-disconnect'))?.outcome).toMatchObject({ code: 'EXPIRED', final: true, actuated: true, state: 1 });
+    expect(relay).toMatchObject({ invokeCalls: 1, actuations: 0 });
+  });
+
+  it('a reconnect whose unanswered invoke left the relay ready for reconnection is not invoked again', async () => {
+    // The relay moved (0 -> 2): neither unmoved nor, with acceptReadyForReconnection off, the target.
+    await stop();
+    await start({ acceptReadyForReconnection: false });
+    const relay = port.relay('m1', { state: 0, invokeFault: { code: 'COMM_TIMEOUT_ERR', times: 1 } });
+    await service.execute(command('m1', 'reconnect'));
+    relay.state = 2;
+    const [after] = await service.meterAvailable('m1');
+    expect(after).toMatchObject({ code: 'E099', state: 2 });
+    expect(relay.invokeCalls).toBe(1);
   });
 
   it('a pending command expires at notAfter; an expired command is not run', async () => {
