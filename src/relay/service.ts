@@ -49,7 +49,7 @@
  * first invoke still arrives late, one of the two finds the relay already in
  * the target state and does nothing.
  */
-import { EventEmitter } from 'node:events';
+import { EventEmitter, setMaxListeners } from 'node:events';
 import { randomUUID } from 'node:crypto';
 import type { LinkMetrics } from '../mesh/registry.js';
 import { NULL_AUDIT, type RelayAuditSink } from './audit.js';
@@ -165,6 +165,8 @@ export class RelayService extends EventEmitter<RelayServiceEvents> {
 
   private constructor(private readonly options: RelayServiceOptions) {
     super();
+    // Every meter request in flight listens on this one signal (up to maxConcurrent of them): not a leak.
+    setMaxListeners(0, this.abort.signal);
     this.journal = options.journal;
     this.port = options.port;
     this.audit = options.audit ?? NULL_AUDIT;
