@@ -105,3 +105,20 @@ export async function startApplianceProcess(
   };
   return handle;
 }
+
+/**
+ * Resolves once `child` has printed something matching `ready` (stdout or
+ * stderr), with a getter for everything it printed; rejects if it exits first.
+ */
+export function untilOutput(child: ChildProcess, ready: RegExp, what: string): Promise<() => string> {
+  let output = '';
+  return new Promise((resolve, reject) => {
+    const onData = (chunk: Buffer): void => {
+      output += chunk.toString();
+      if (ready.test(output)) resolve(() => output);
+    };
+    child.stdout?.on('data', onData);
+    child.stderr?.on('data', onData);
+    child.once('exit', (code) => reject(new Error(`${what} exited with ${code}:\n${output}`)));
+  });
+}

@@ -4,7 +4,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { once } from 'node:events';
 import { afterEach, describe, expect, it } from 'vitest';
-import { CLI, REPO_ROOT, startApplianceProcess, type ApplianceProcess } from '../helpers/appliance.js';
+import { CLI, REPO_ROOT, startApplianceProcess, untilOutput, type ApplianceProcess } from '../helpers/appliance.js';
+import { readJsonLines } from '../helpers/records.js';
 import { freeUdpPort } from '../helpers/ports.js';
 
 const running: ApplianceProcess[] = [];
@@ -31,29 +32,11 @@ function tempDir(): string {
   return dir;
 }
 
-function readJsonLines(file: string): Array<Record<string, unknown>> {
-  if (!existsSync(file)) return [];
-  return readFileSync(file, 'utf8')
-    .split('\n')
-    .filter((line) => line.trim() !== '')
-    .map((line) => JSON.parse(line) as Record<string, unknown>);
-}
-
 /** Starts a CLI subcommand as a child and resolves once it printed `ready`. */
 async function startCli(args: string[], ready: RegExp): Promise<{ child: ChildProcess; output: () => string }> {
   const child = spawn(process.execPath, [CLI, ...args], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
   children.push(child);
-  let output = '';
-  await new Promise<void>((resolve, reject) => {
-    const onData = (chunk: Buffer): void => {
-      output += chunk.toString();
-      if (ready.test(output)) resolve();
-    };
-    child.stdout?.on('data', onData);
-    child.stderr?.on('data', onData);
-    child.once('exit', (code) => reject(new Error(`${args.join(' ')} exited with ${code}:\n${output}`)));
-  });
-  return { child, output: () => output };
+  return { child, output: await untilOutput(child, ready, args.join(' ')) };
 }
 
 describe('ami-gateway start (headless appliance)', () => {

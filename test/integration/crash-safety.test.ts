@@ -4,7 +4,7 @@ import { once } from 'node:events';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { CLI, REPO_ROOT, startApplianceProcess, type ApplianceProcess } from '../helpers/appliance.js';
+import { CLI, REPO_ROOT, startApplianceProcess, untilOutput, type ApplianceProcess } from '../helpers/appliance.js';
 import { freeUdpPort } from '../helpers/ports.js';
 import { outOfOrder, pollUntil, readJsonLines, type RecordLine } from '../helpers/records.js';
 
@@ -39,16 +39,7 @@ afterAll(async () => {
 async function startCli(args: string[], ready: RegExp): Promise<ChildProcess> {
   const child = spawn(process.execPath, [CLI, ...args], { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
   children.push(child);
-  let output = '';
-  await new Promise<void>((resolve, reject) => {
-    const onData = (chunk: Buffer): void => {
-      output += chunk.toString();
-      if (ready.test(output)) resolve();
-    };
-    child.stdout?.on('data', onData);
-    child.stderr?.on('data', onData);
-    child.once('exit', (code) => reject(new Error(`${args.join(' ')} exited with ${code}:\n${output}`)));
-  });
+  await untilOutput(child, ready, args.join(' '));
   return child;
 }
 

@@ -6,7 +6,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { HealthSnapshot } from '../../src/appliance/health.js';
 import { cborEncode } from '../../src/coap/cbor.js';
-import { CLI, REPO_ROOT } from '../helpers/appliance.js';
+import { CLI, REPO_ROOT, untilOutput } from '../helpers/appliance.js';
 import type { Namespace } from '../helpers/netns.js';
 import { startTunnel, tunnelSupportProblem, type Tunnel } from '../helpers/openvpn.js';
 import { outOfOrder, pollUntil as waitFor, readJsonLines, type RecordLine } from '../helpers/records.js';
@@ -40,17 +40,7 @@ interface Started {
 /** Starts a process in a namespace and resolves once its output matches `ready`. */
 async function startIn(ns: Namespace, args: string[], ready: RegExp, env: Record<string, string> = {}): Promise<Started> {
   const child = ns.spawn(process.execPath, [CLI, ...args], { cwd: REPO_ROOT, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-  let output = '';
-  await new Promise<void>((resolve, reject) => {
-    const onData = (chunk: Buffer): void => {
-      output += chunk.toString();
-      if (ready.test(output)) resolve();
-    };
-    child.stdout?.on('data', onData);
-    child.stderr?.on('data', onData);
-    child.once('exit', (code) => reject(new Error(`${args.join(' ')} exited with ${code}:\n${output}`)));
-  });
-  return { child, output: () => output };
+  return { child, output: await untilOutput(child, ready, args.join(' ')) };
 }
 
 async function stopProcess(child: ChildProcess | undefined): Promise<void> {
