@@ -1,4 +1,5 @@
 import { createSign } from 'node:crypto';
+import { isDeepStrictEqual } from 'node:util';
 import fc from 'fast-check';
 import forge from 'node-forge';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -290,7 +291,7 @@ describe('fuzzing the verifier', () => {
   });
 
   it('random CBOR values and maps shaped like envelopes give nothing but a CommandError', () => {
-    const { envelope } = signed();
+    const { command, envelope } = signed();
     const real = outer(envelope);
     fc.assert(
       fc.property(
@@ -304,7 +305,9 @@ describe('fuzzing the verifier', () => {
             return;
           }
           onlyTypedErrors(bytes);
-          onlyTypedErrors(cborEncode({ ...real, [field]: value }));
+          // The generator can produce the field's own value (v: 1); that envelope is the original and must verify as it.
+          const mutated = cborEncode({ ...real, [field]: value });
+          onlyTypedErrors(mutated, isDeepStrictEqual(cborDecode(mutated), real) ? command : undefined);
         },
       ),
       { numRuns: 1500 },
