@@ -8,6 +8,9 @@
  *   readControlState  GET    class 70 0.0.96.3.10.255 attribute 3 (enum)
  *   readLoadVoltage   GET    class 3  1.0.32.7.128.255 attribute 2 (0.1 V)
  *   invoke            ACTION class 70 0.0.96.3.10.255 method 1 | 2 (integer 0)
+ *   readAlarms        GET    class 1  0.0.97.98.0.255 attribute 2 (double-long-unsigned bit field)
+ *   clearAlarms       SET    class 1  0.0.97.98.0.255 attribute 2 (double-long-unsigned mask:
+ *                            the meter clears the bits written as 1)
  *
  * How answers map to RelayPortError codes:
  *
@@ -18,6 +21,10 @@
  * | action result 1 hardware-fault                      | OBSTRUCTION      |
  * | action result 11 object-unavailable, supply 0 V     | NO_POWER         |
  * | action result 3 read-write-denied, or anything else | REFUSED          |
+ * | set result 0 success                                | (resolves)       |
+ * | set result other than 0 (e.g. 12 type-unmatched)    | REFUSED          |
+ * | get data-access-result instead of data, wrong type  | REFUSED          |
+ * | answer of another type or for another invoke id     | REFUSED          |
  * | CoAP 4.01 (exception-response), MIC failure, no keys| AUTH_FAILURE     |
  * | no answer (mesh COMM_TIMEOUT_ERR, RESET, QUEUE_FULL)| COMM_TIMEOUT_ERR |
  * | meter without an address (not registered)           | COMM_TIMEOUT_ERR |
@@ -44,6 +51,10 @@ export const RELAY_METHOD_ID: Readonly<Record<RelayMethod, number>> = { remote_d
 export const LOAD_VOLTAGE = { classId: 3, obis: '1.0.32.7.128.255', valueAttribute: 2 } as const;
 /** Supply-side L1 voltage, Register, long-unsigned in 0.1 V; 0 while the mains are off. */
 export const SUPPLY_VOLTAGE = { classId: 3, obis: '1.0.32.7.0.255', valueAttribute: 2 } as const;
+/** Alarm register 1, Data (class 1), value double-long-unsigned bit field; TAMPER_ALARM_BIT (types.ts) is bit 16. */
+export const ALARM_REGISTER = { classId: 1, obis: '0.0.97.98.0.255', valueAttribute: 2 } as const;
+/** The largest double-long-unsigned (Unsigned32). */
+const MAX_DOUBLE_LONG_UNSIGNED = 0xffff_ffff;
 /** scaler of the voltage registers (scaler_unit {-1, V}). */
 export const VOLTAGE_SCALER = -1;
 /** Content-Format of ciphered xDLMS on /dlms (application/octet-stream). */
@@ -81,6 +92,31 @@ export function supplyVoltageRequest(invokeId: number): XdlmsApdu {
     type: 'get-request',
     invokeIdAndPriority: invokeIdAndPriority(invokeId),
     descriptor: { classId: SUPPLY_VOLTAGE.classId, instanceId: SUPPLY_VOLTAGE.obis, attributeId: SUPPLY_VOLTAGE.valueAttribute },
+  };
+}
+
+export function alarmRegisterRequest(invokeId: number): XdlmsApdu {
+  return {
+    type: 'get-request',
+    invokeIdAndPriority: invokeIdAndPriority(invokeId),
+    descriptor: { classId: ALARM_REGISTER.classId, instanceId: ALARM_REGISTER.obis, attributeId: ALARM_REGISTER.valueAttribute },
+  };
+}
+
+/**
+ * Writes `mask` (double-long-unsigned) to alarm register 1: the meter clears
+ * the bits written as 1. Throws RelayPortError REFUSED for a mask that is not
+ * an integer 0..2^32-1 (nothing is sent).
+ */
+export function clearAlarmsRequest(mask: number, invokeId: number): XdlmsApdu {
+  if (!Number.isInteger(mask) || mask < 0 || mask > MAX_DOUBLE_LONG_UNSIGNED) {
+    throw new RelayPortError('REFUSED', `alarm mask ${String(mask)} is not an integer 0..${MAX_DOUBLE_LONG_UNSIGNED}`);
+  }
+  return {
+    type: 'set-request',
+    invokeIdAndPriority: invokeIdAndPriority(invokeId),
+    descriptor: { classId: ALARM_REGISTER.classId, instanceId: ALARM_REGISTER.obis, attributeId: ALARM_REGISTER.valueAttribute },
+    value: { type: 'double-long-unsigned', value: mask },
   };
 }
 
@@ -195,6 +231,34 @@ export function interpretVoltage(apdu: XdlmsApdu, invokeId: number, scaler = VOL
   return Number((data.value * 10 ** scaler).toFixed(digits));
 }
 
+const UNSIGNED_TYPES: ReadonlySet<DlmsData['type']> = new Set(['unsigned', 'long-unsigned', 'double-long-unsigned']);
+
+/**
+ * Alarm register 1's bit field from a get-response (double-long-unsigned; a
+ * narrower unsigned integer is taken too). Throws RelayPortError REFUSED for
+ * anything else, a data-access-result, another invoke id or another APDU.
+ */
+export function interpretAlarmRegister(apdu: XdlmsApdu, invokeId: number): number {
+  const data = getData(apdu, invokeId, 'alarm register 1');
+  if (!UNSIGNED_TYPES.has(data.type) || !('value' in data) || typeof data.value !== 'number') {
+    throw new RelayPortError('REFUSED', `alarm register 1 is ${data.type}, expected double-long-unsigned`);
+  }
+  return data.value;
+}
+
+/**
+ * A set-response's Data-Access-Result: resolves for 0 (success), throws
+ * RelayPortError REFUSED naming the result otherwise (and for another
+ * invoke id or an APDU that is not a set-response).
+ */
+export function interpretSetResult(apdu: XdlmsApdu, invokeId: number, what = 'alarm register 1'): void {
+  if (apdu.type !== 'set-response') throw unexpected(apdu, 'set-response');
+  checkInvokeId(apdu, invokeId);
+  if (apdu.result === 0) return;
+  const name = DATA_ACCESS_RESULT[apdu.result] ?? 'unknown';
+  throw new RelayPortError('REFUSED', `writing ${what}: data-access-result ${apdu.result} (${name})`);
+}
+
 /** The action-result of an action-response (invoke id checked). */
 export function actionResult(apdu: XdlmsApdu, invokeId: number): number {
   if (apdu.type !== 'action-response') throw unexpected(apdu, 'action-response');
@@ -306,6 +370,21 @@ export class DlmsRelayPort implements RelayMeterPort {
     const id = this.nextInvokeId();
     const answer = await this.exchange(meter, supplyVoltageRequest(id), signal);
     return interpretVoltage(answer, id, VOLTAGE_SCALER, 'supply voltage');
+  }
+
+  /** Alarm register 1's bit field (TAMPER_ALARM_BIT is the magnetic tamper). */
+  async readAlarms(meter: string, signal: AbortSignal): Promise<number> {
+    const id = this.nextInvokeId();
+    const answer = await this.exchange(meter, alarmRegisterRequest(id), signal);
+    return interpretAlarmRegister(answer, id);
+  }
+
+  /** Clears the bits of `mask` in alarm register 1 (a set-request writing the mask). */
+  async clearAlarms(meter: string, mask: number, signal: AbortSignal): Promise<void> {
+    const id = this.nextInvokeId();
+    const request = clearAlarmsRequest(mask, id);
+    const answer = await this.exchange(meter, request, signal);
+    interpretSetResult(answer, id);
   }
 
   async invoke(meter: string, method: RelayMethod, signal: AbortSignal): Promise<void> {

@@ -7,3 +7,5 @@ export * from './service.js';
 export * from './operators.js';
 export * from './totp.js';
 export * from './dlms-port.js';
+export * from './api.js';
+export * from './reporter.js';

@@ -7,6 +7,10 @@
  *   w!<meter>       actuation times of the meter's relay in the last hour
  *                   (wear and thermal protection; survives restarts)
  *   r!<run id>      a rolling run: its command template, meters, concurrency
+ *   a!<meter>\0<code>  a standing alarm of the meter (TAMPER locks reconnects)
+ *   u!<seq>!<key>   a report for the HES not yet handed to the outbox
+ *                   (RelayReporter), written in the same batch as the
+ *                   outcome or alarm it reports
  *
  * Every write is synced and group-committed with the writes of other
  * lifecycles under way (src/store GroupCommitter): put() resolves only once
@@ -21,7 +25,7 @@
 import { cborDecode, cborEncode } from '../coap/cbor.js';
 import { openSublevel, type GatewayDatabase } from '../store/database.js';
 import { GroupCommitter, type BatchOperation } from '../store/group-commit.js';
-import type { ControlState, RelayCommand, RelayResult } from './types.js';
+import type { ControlState, RelayAlarm, RelayAlarmCode, RelayCommand, RelayReport, RelayResult } from './types.js';
 
 export const RELAY_SUBLEVEL = 'relay-ops';
 
@@ -79,6 +83,19 @@ export interface RelayRunRecord {
   finished: boolean;
 }
 
+/** Alarm and report writes that go with an entry (or alone) in one atomic batch. */
+export interface RelayJournalExtras {
+  reports?: readonly RelayReport[];
+  raise?: readonly RelayAlarm[];
+  clear?: ReadonlyArray<{ meter: string; code: RelayAlarmCode }>;
+}
+
+/** A report waiting in the journal, with the journal key that removes it once delivered. */
+export interface QueuedRelayReport {
+  journalKey: string;
+  report: RelayReport;
+}
+
 export interface RelayJournalOptions {
   /** fsync each batch (default true; tests on tmpfs may turn it off). */
   sync?: boolean;
@@ -90,6 +107,7 @@ export class RelayJournal {
   private closed = false;
   /** Entries that could not be decoded (skipped), since open. */
   unreadable = 0;
+  private reportSequence = 0;
 
   private constructor(db: GatewayDatabase, options: RelayJournalOptions) {
     this.sublevel = openSublevel(db, RELAY_SUBLEVEL);
@@ -109,11 +127,79 @@ export class RelayJournal {
     return value === undefined ? undefined : this.decode<RelayJournalEntry>(value);
   }
 
-  /** Writes the entry (and the meter's wear times, when given) atomically; resolves once on disk. */
-  put(entry: RelayJournalEntry, wear?: { meter: string; times: readonly number[] }): Promise<void> {
+  /**
+   * Writes the entry (and the meter's wear times, alarms raised or cleared,
+   * reports for the HES, when given) atomically; resolves once on disk.
+   */
+  put(entry: RelayJournalEntry, wear?: { meter: string; times: readonly number[] }, extras?: RelayJournalExtras): Promise<void> {
     const operations: BatchOperation[] = [{ type: 'put', key: `c!${entry.command.id}`, value: cborEncode(strip(entry)), sublevel: this.sublevel }];
     if (wear) operations.push({ type: 'put', key: `w!${wear.meter}`, value: cborEncode([...wear.times]), sublevel: this.sublevel });
+    if (extras) operations.push(...this.extraOperations(extras));
     return this.committer.write(operations, undefined, true);
+  }
+
+  /** Writes alarm changes and reports without a command entry (an alarm from an event, an alarm cleared). */
+  write(extras: RelayJournalExtras): Promise<void> {
+    const operations = this.extraOperations(extras);
+    if (operations.length === 0) return Promise.resolve();
+    return this.committer.write(operations, undefined, true);
+  }
+
+  async alarm(meter: string, code: RelayAlarmCode): Promise<RelayAlarm | undefined> {
+    const value = await this.sublevel.get(alarmKey(meter, code));
+    return value === undefined ? undefined : this.decode<RelayAlarm>(value);
+  }
+
+  /** Standing alarms, of one meter or all, in meter order. */
+  async alarms(meter?: string): Promise<RelayAlarm[]> {
+    const range = meter === undefined ? { gte: 'a!', lt: 'a"' } : { gte: `a!${meter}\u0000`, lt: `a!${meter}\u0001` };
+    const out: RelayAlarm[] = [];
+    for await (const value of this.sublevel.values(range)) {
+      const alarm = this.decode<RelayAlarm>(value);
+      if (alarm !== undefined) out.push(alarm);
+    }
+    return out;
+  }
+
+  /** Reports not yet handed to the outbox, oldest first. */
+  async reports(limit = 100): Promise<QueuedRelayReport[]> {
+    const out: QueuedRelayReport[] = [];
+    for await (const [key, value] of this.sublevel.iterator({ gte: 'u!', lt: 'u"', limit })) {
+      const report = this.decode<RelayReport>(value);
+      if (report !== undefined) out.push({ journalKey: key, report });
+      // An undecodable report can never be delivered: it is counted (unreadable) and removed with the next batch.
+      else out.push({ journalKey: key, report: { key: '', kind: 'event', meter: '', ts: 0, body: {} } });
+    }
+    return out;
+  }
+
+  /** Removes delivered reports (synced). */
+  removeReports(journalKeys: readonly string[]): Promise<void> {
+    if (journalKeys.length === 0) return Promise.resolve();
+    return this.committer.write(
+      journalKeys.map((key) => ({ type: 'del' as const, key, sublevel: this.sublevel })),
+      undefined,
+      true,
+    );
+  }
+
+  private extraOperations(extras: RelayJournalExtras): BatchOperation[] {
+    const operations: BatchOperation[] = [];
+    for (const alarm of extras.raise ?? []) {
+      operations.push({ type: 'put', key: alarmKey(alarm.meter, alarm.code), value: cborEncode(strip(alarm)), sublevel: this.sublevel });
+    }
+    for (const { meter, code } of extras.clear ?? []) operations.push({ type: 'del', key: alarmKey(meter, code), sublevel: this.sublevel });
+    for (const report of extras.reports ?? []) {
+      operations.push({ type: 'put', key: `u!${this.nextReportSequence()}!${report.key}`, value: cborEncode(strip(report)), sublevel: this.sublevel });
+    }
+    return operations;
+  }
+
+  /** Sortable and increasing within this process, and after a restart (time-based). */
+  private nextReportSequence(): string {
+    const now = Date.now();
+    this.reportSequence = now > this.reportSequence ? now : this.reportSequence + 1;
+    return this.reportSequence.toString(36).padStart(10, '0');
   }
 
   async wear(meter: string): Promise<number[]> {
@@ -199,6 +285,10 @@ export class RelayJournal {
     this.unreadable += 1;
     return undefined;
   }
+}
+
+function alarmKey(meter: string, code: RelayAlarmCode): string {
+  return `a!${meter}\u0000${code}`;
 }
 
 /** Drops undefined members (CBOR would keep them as `undefined`). */

@@ -4,7 +4,11 @@
  *
  *   received -> authorize (role + MFA, else UNAUTHORIZED: nothing stored, nothing sent)
  *            -> journal `accepted` (synced)
- *            -> expiry / notBefore -> link gate (RSSI/SNR, else DEFERRED link)
+ *            -> expiry / notBefore
+ *            -> reconnect: a standing TAMPER alarm refuses it (TAMPER_LOCKED)
+ *            -> link gate (RSSI/SNR, else DEFERRED link)
+ *            -> reconnect: read the meter's alarm register; the tamper bit
+ *               raises the TAMPER alarm and refuses it (TAMPER_LOCKED)
  *            -> read control_state
  *                 already in the target state: confirm without actuation
  *                 (disconnect: load voltage read too, a weld is reported)
@@ -14,7 +18,10 @@
  *            -> invoke remote_disconnect / remote_reconnect
  *            -> verify: read control_state and load voltage
  *                 RELAY_OP_SUCCESS | RELAY_WELD_DETECTED | E099 (+ re-sync read)
- *            -> journal `done` with the outcome (synced), audit, 'result' event
+ *            -> journal `done` with the outcome, its report for the HES and
+ *               any alarm raised (a weld, a tamper), in one synced write;
+ *               audit, 'result' event (RelayReporter takes the report to the
+ *               outbox)
  *
  * Meter failures (RelayPortError): COMM_TIMEOUT_ERR and NO_POWER keep the
  * command pending until meterAvailable() (or its notAfter: EXPIRED);
@@ -53,7 +60,7 @@ import { EventEmitter, setMaxListeners } from 'node:events';
 import { randomUUID } from 'node:crypto';
 import type { LinkMetrics } from '../mesh/registry.js';
 import { NULL_AUDIT, type RelayAuditSink } from './audit.js';
-import type { RelayJournal, RelayJournalEntry, RelayRunRecord } from './journal.js';
+import type { RelayJournal, RelayJournalEntry, RelayJournalExtras, RelayRunRecord } from './journal.js';
 import {
   DEFAULT_LINK_THRESHOLDS,
   DEFAULT_WEAR_LIMITS,
@@ -70,13 +77,18 @@ import {
 import {
   RelayError,
   RelayPortError,
+  TAMPER_ALARM_BIT,
   authorizationProblem,
   checkCommand,
   methodFor,
   sameCommand,
   targetState,
   type ControlState,
+  type RelayAlarm,
+  type RelayAlarmCode,
+  type RelayAuthorization,
   type RelayCommand,
+  type RelayReport,
   type RelayDeferralReason,
   type RelayFinalCode,
   type RelayMeterPort,
@@ -135,6 +147,17 @@ export interface RelayServiceEvents {
   /** Every result: final outcomes and waiting states (DEFERRED, COMM_TIMEOUT_ERR). */
   result: [RelayResult];
   progress: [RelayRunProgress];
+  /** An alarm was raised (TAMPER, RELAY_WELD_DETECTED); already on disk. */
+  alarm: [RelayAlarm];
+  /** An alarm was cleared by an operator. */
+  alarmCleared: [RelayAlarm, { operator: string; meterCleared: boolean }];
+  /** Reports for the HES were journaled (RelayReporter hands them to the outbox). */
+  report: [];
+}
+
+/** The idempotency key of the HES record that reports a command's final outcome. */
+export function resultReportKey(commandId: string): string {
+  return `relay-result:${commandId}`;
 }
 
 type Extra = Record<string, string | number | boolean | undefined>;
@@ -239,6 +262,16 @@ export class RelayService extends EventEmitter<RelayServiceEvents> {
     return this.journal.get(id);
   }
 
+  /** Every command in the journal (finished ones until purged), in id order. */
+  entries(): AsyncGenerator<RelayJournalEntry> {
+    return this.journal.entries();
+  }
+
+  /** A rolling run as journaled. */
+  runRecord(runId: string): Promise<RelayRunRecord | undefined> {
+    return this.journal.getRun(runId);
+  }
+
   /**
    * Continues every unfinished command of the journal: those accepted or
    * actuating (read back first; invoked once more only if the relay did not
@@ -278,6 +311,86 @@ export class RelayService extends EventEmitter<RelayServiceEvents> {
   /** Unfinished commands (ids) waiting for the meter. */
   waitingFor(meter: string): string[] {
     return [...(this.unfinishedByMeter.get(meter) ?? [])];
+  }
+
+  /** Unfinished commands (waiting or in progress). */
+  waitingCount(): number {
+    let count = 0;
+    for (const ids of this.unfinishedByMeter.values()) count += ids.size;
+    return count;
+  }
+
+  /** Commands being worked on now. */
+  runningCount(): number {
+    return this.running.size;
+  }
+
+  /** Standing alarms, of one meter or all. */
+  alarms(meter?: string): Promise<RelayAlarm[]> {
+    return this.journal.alarms(meter);
+  }
+
+  /**
+   * A magnetic tamper reported by an event (a flow that decoded the meter's
+   * push, a field report): raises the TAMPER alarm, which locks reconnects.
+   * Resolves with the standing alarm (the earlier one if it already stood).
+   */
+  async reportTamper(meter: string, detail: string): Promise<RelayAlarm> {
+    this.assertOpen();
+    if (typeof meter !== 'string' || !/^[\x21-\x7e]{1,128}$/.test(meter)) throw new RelayError('BAD_COMMAND', 'meter must be 1-128 printable characters without spaces');
+    const standing = await this.journal.alarm(meter, 'TAMPER');
+    if (standing) return standing;
+    const alarm: RelayAlarm = { meter, code: 'TAMPER', raisedAt: this.now(), source: 'event', detail: String(detail).slice(0, 512) || 'magnetic tamper reported' };
+    await this.journal.write({ raise: [alarm], reports: [alarmReport(alarm)] });
+    this.alarmRaised(alarm);
+    this.emit('report');
+    return alarm;
+  }
+
+  /**
+   * Clears a standing alarm on behalf of an authorized operator (an allowed
+   * role and MFA, as for a command). For TAMPER the meter's own alarm
+   * register is cleared first (when the port can), so the next reconnect's
+   * check does not find it again; if that fails the alarm stays. Throws
+   * RelayError UNAUTHORIZED, NO_SUCH_ALARM, METER_FAILED or CLOSED.
+   */
+  async clearAlarm(meter: string, code: RelayAlarmCode, authorization: RelayAuthorization): Promise<{ cleared: RelayAlarm; meterCleared: boolean }> {
+    this.assertOpen();
+    const who = { command: '-', operator: authorization.operator, meter, step: 'alarm-reset' };
+    const problem = authorizationProblem(authorization);
+    if (problem !== undefined) {
+      this.audit.daemon({ ...who, token: 'UNAUTHORIZED', extra: { alarm: code, why: problem } });
+      throw new RelayError('UNAUTHORIZED', problem);
+    }
+    const alarm = await this.journal.alarm(meter, code);
+    if (!alarm) throw new RelayError('NO_SUCH_ALARM', `meter ${meter} has no standing ${code} alarm`);
+    let meterCleared = false;
+    if (code === 'TAMPER' && this.port.clearAlarms) {
+      try {
+        await this.port.clearAlarms(meter, TAMPER_ALARM_BIT, this.abort.signal);
+        meterCleared = true;
+      } catch (err) {
+        if (this.abort.signal.aborted) throw new RelayError('CLOSED', 'the relay service is closing');
+        const why = err instanceof RelayPortError ? `${err.code}: ${err.message}` : String((err as Error)?.message ?? err);
+        this.audit.daemon({ ...who, token: 'ALARM_RESET_FAILED', extra: { alarm: code, why } });
+        throw new RelayError('METER_FAILED', `the meter's alarm register could not be cleared, the alarm stays: ${why}`);
+      }
+    }
+    const at = this.now();
+    const report: RelayReport = {
+      key: `relay-alarm-cleared:${meter}:${code}:${at}`,
+      kind: 'event',
+      meter,
+      ts: at,
+      body: { type: 'relay-alarm-cleared', alarm: { ...alarm }, operator: authorization.operator, source: authorization.source, meterCleared },
+    };
+    await this.journal.write({ clear: [{ meter, code }], reports: [report] });
+    const fields = { ...who, token: 'ALARM_CLEARED', extra: { alarm: code, meter_register_cleared: meterCleared } };
+    this.audit.actuator(fields);
+    this.audit.daemon(fields);
+    this.emit('alarmCleared', alarm, { operator: authorization.operator, meterCleared });
+    this.emit('report');
+    return { cleared: alarm, meterCleared };
   }
 
   /**
@@ -425,8 +538,34 @@ export class RelayService extends EventEmitter<RelayServiceEvents> {
       return this.defer(entry, 'not-before', cmd.notBefore, 'the command is not valid yet');
     }
 
+    if (cmd.action === 'reconnect') {
+      const locked = await this.tamperLock(entry);
+      if (locked) return locked;
+    }
+
     const linkDeferred = this.linkGate(entry, now);
     if (linkDeferred) return linkDeferred;
+
+    if (cmd.action === 'reconnect' && this.port.readAlarms) {
+      // The meter's own tamper flag, read before a reconnect: a magnet may have been used since the last command.
+      let alarms: number;
+      try {
+        alarms = await this.call(cmd, 'read-alarm-register', () => this.port.readAlarms!(cmd.meter, this.abort.signal));
+      } catch (err) {
+        return this.failed(entry, err);
+      }
+      if ((alarms & TAMPER_ALARM_BIT) !== 0) {
+        const alarm: RelayAlarm = {
+          meter: cmd.meter,
+          code: 'TAMPER',
+          raisedAt: this.now(),
+          source: 'meter-alarm-register',
+          detail: `alarm register 1 reads 0x${(alarms >>> 0).toString(16).padStart(8, '0')}: magnetic tamper (bit 16)`,
+          commandId: cmd.id,
+        };
+        return this.finish(entry, 'TAMPER_LOCKED', { detail: `reconnect refused: ${alarm.detail}; an operator must clear the alarm (ami-gateway alarms reset --meter ${cmd.meter} --code TAMPER)` }, alarm);
+      }
+    }
 
     // Baseline.
     let state: ControlState;
@@ -535,6 +674,10 @@ export class RelayService extends EventEmitter<RelayServiceEvents> {
         detail: 'notAfter passed: the relay had not moved after an unanswered invoke and is not invoked again',
       });
     }
+    if (cmd.action === 'reconnect') {
+      const locked = await this.tamperLock(entry);
+      if (locked) return locked;
+    }
     const linkDeferred = this.linkGate(entry, now);
     if (linkDeferred) return linkDeferred;
     const times = await this.journal.wear(cmd.meter);
@@ -559,6 +702,17 @@ export class RelayService extends EventEmitter<RelayServiceEvents> {
   private unmoved(entry: RelayJournalEntry, state: ControlState): boolean {
     if (entry.fromState !== undefined) return state === entry.fromState;
     return entry.command.action === 'disconnect' ? state !== 0 : state === 0;
+  }
+
+  /** A standing TAMPER alarm refuses a reconnect without a word to the meter. */
+  private async tamperLock(entry: RelayJournalEntry): Promise<RelayResult | undefined> {
+    const cmd = entry.command;
+    const alarm = await this.journal.alarm(cmd.meter, 'TAMPER');
+    if (!alarm) return undefined;
+    this.audit.daemon(this.fields(cmd, 'tamper-check', 'TAMPER_LOCKED', { since: new Date(alarm.raisedAt).toISOString() }));
+    return this.finish(entry, 'TAMPER_LOCKED', {
+      detail: `reconnect refused: tamper alarm since ${new Date(alarm.raisedAt).toISOString()} (${alarm.detail}); an operator must clear it (ami-gateway alarms reset --meter ${cmd.meter} --code TAMPER)`,
+    });
   }
 
   private linkGate(entry: RelayJournalEntry, now: number): Promise<RelayResult> | undefined {
@@ -646,22 +800,42 @@ export class RelayService extends EventEmitter<RelayServiceEvents> {
   // -------------------------------------------------------------------------
   // Recording results
 
+  /**
+   * Records a final outcome, its report for the HES and (TAMPER, or a weld)
+   * a new alarm, in one synced write.
+   */
   private async finish(
     entry: RelayJournalEntry,
     code: RelayFinalCode,
     extra: Partial<Pick<RelayResult, 'state' | 'loadVoltage' | 'idempotent' | 'detail' | 'resumed'>>,
+    alarm?: RelayAlarm,
   ): Promise<RelayResult> {
     const cmd = entry.command;
     const attempts = attemptsOf(entry);
     const result = this.result(cmd, code, { ...extra, actuated: entry.invokeMaybeSent, ...(attempts > 1 ? { attempts } : {}) });
     const done: RelayJournalEntry = { ...entry, phase: 'done', outcome: result, last: result, updatedAt: result.at };
     delete done.retryAt;
-    await this.journal.put(done);
+    if (!alarm && code === 'RELAY_WELD_DETECTED') {
+      alarm = { meter: cmd.meter, code: 'RELAY_WELD_DETECTED', raisedAt: result.at, source: 'relay-outcome', detail: result.detail ?? 'voltage on the load side', commandId: cmd.id };
+    }
+    // An alarm already standing is not raised (nor reported) again.
+    if (alarm && (await this.journal.alarm(alarm.meter, alarm.code))) alarm = undefined;
+    const extras: RelayJournalExtras = { reports: [resultReport(result), ...(alarm ? [alarmReport(alarm)] : [])], ...(alarm ? { raise: [alarm] } : {}) };
+    await this.journal.put(done, undefined, extras);
     this.track(done);
     this.audit.actuator(this.fields(cmd, 'outcome', code, { control_state: result.state, load_voltage: result.loadVoltage, actuated: result.actuated, idempotent: result.idempotent, detail: result.detail }));
     this.audit.daemon(this.fields(cmd, 'outcome', code, { final: true }));
+    if (alarm) this.alarmRaised(alarm);
     this.emit('result', result);
+    this.emit('report');
     return result;
+  }
+
+  private alarmRaised(alarm: RelayAlarm): void {
+    const fields = { command: alarm.commandId ?? '-', operator: '-', meter: alarm.meter, step: 'alarm', token: alarm.code === 'TAMPER' ? 'TAMPER_ALARM' : 'WELD_ALARM', extra: { source: alarm.source, detail: alarm.detail } };
+    this.audit.actuator(fields);
+    this.audit.daemon(fields);
+    this.emit('alarm', alarm);
   }
 
   private async defer(
@@ -782,6 +956,14 @@ const MAX_ATTEMPTS = 2;
 /** Invokes of the command that may have reached the meter (older entries: 1 while invokeMaybeSent). */
 function attemptsOf(entry: RelayJournalEntry): number {
   return entry.attempts ?? (entry.invokeMaybeSent ? 1 : 0);
+}
+
+function resultReport(result: RelayResult): RelayReport {
+  return { key: resultReportKey(result.commandId), kind: 'result', meter: result.meter, ts: result.at, body: { type: 'relay-outcome', ...result } };
+}
+
+function alarmReport(alarm: RelayAlarm): RelayReport {
+  return { key: `relay-alarm:${alarm.meter}:${alarm.code}:${alarm.raisedAt}`, kind: 'alarm', meter: alarm.meter, ts: alarm.raisedAt, body: { type: 'relay-alarm', ...alarm } };
 }
 
 function iso(time: number | undefined): string | undefined {

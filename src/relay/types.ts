@@ -28,7 +28,7 @@ export interface RelayAuthorization {
 }
 
 export interface RelayCommand {
-  /** Unique for ever; a second command with this id returns the first one's outcome. 1-128 printable characters. */
+  /** Unique for ever; a second command with this id returns the first one's outcome. 1-256 printable characters. */
   id: string;
   /** The meter's endpoint name (as in the mesh registry). */
   meter: string;
@@ -40,6 +40,12 @@ export interface RelayCommand {
   notBefore?: number;
   /** Optional id of the rolling run the command belongs to. */
   runId?: string;
+  /**
+   * Who issued it, e.g. the id of the `relay command` node: results that come
+   * later (after a restart, when the meter is back) go to that issuer. Not
+   * part of the command's identity.
+   */
+  origin?: string;
 }
 
 // ---------------------------------------------------------------------------
@@ -82,7 +88,19 @@ export interface RelayMeterPort {
   readLoadVoltage(meter: string, signal: AbortSignal): Promise<number>;
   /** Class 70 method 1 (remote_disconnect) or 2 (remote_reconnect). */
   invoke(meter: string, method: 'remote_disconnect' | 'remote_reconnect', signal: AbortSignal): Promise<void>;
+  /**
+   * The meter's alarm register 1 (class 1, 0.0.97.98.0.255, attribute 2), a
+   * bit field; TAMPER_ALARM_BIT is the magnetic tamper. Optional: a port
+   * without it cannot detect tamper before a reconnect (locks raised by
+   * events still apply).
+   */
+  readAlarms?(meter: string, signal: AbortSignal): Promise<number>;
+  /** Clears the bits of `mask` in the meter's alarm register 1 (a set-request writing the mask). */
+  clearAlarms?(meter: string, mask: number, signal: AbortSignal): Promise<void>;
 }
+
+/** Alarm register 1, bit 16: fraud attempt (the magnetic tamper sensor). */
+export const TAMPER_ALARM_BIT = 1 << 16;
 
 // ---------------------------------------------------------------------------
 // Results
@@ -96,7 +114,9 @@ export type RelayFinalCode =
   | 'E099'
   | 'REFUSED'
   | 'UNAUTHORIZED'
-  | 'EXPIRED';
+  | 'EXPIRED'
+  /** A reconnect refused because the meter has a standing tamper alarm (cleared by `alarms reset`). */
+  | 'TAMPER_LOCKED';
 
 /** Non-final codes: the command is kept in the journal and tried again. */
 export type RelayWaitingCode = 'DEFERRED' | 'COMM_TIMEOUT_ERR';
@@ -112,6 +132,7 @@ export const RELAY_FINAL_CODES: readonly RelayFinalCode[] = [
   'REFUSED',
   'UNAUTHORIZED',
   'EXPIRED',
+  'TAMPER_LOCKED',
 ];
 
 /**
@@ -162,7 +183,17 @@ export interface RelayResult {
   at: number;
 }
 
-export type RelayErrorCode = 'BAD_COMMAND' | 'ID_CONFLICT' | 'CLOSED' | 'UNKNOWN_RUN';
+export type RelayErrorCode =
+  | 'BAD_COMMAND'
+  | 'ID_CONFLICT'
+  | 'CLOSED'
+  | 'UNKNOWN_RUN'
+  /** alarms reset: the meter has no such standing alarm. */
+  | 'NO_SUCH_ALARM'
+  /** alarms reset: no allowed role or no MFA. */
+  | 'UNAUTHORIZED'
+  /** alarms reset: the meter's own alarm register could not be cleared (unreachable, refused). */
+  | 'METER_FAILED';
 
 export class RelayError extends Error {
   override readonly name = 'RelayError';
@@ -190,11 +221,13 @@ export function checkCommand(command: RelayCommand): void {
     throw new RelayError('BAD_COMMAND', why);
   };
   if (typeof command !== 'object' || command === null) bad('command must be an object');
-  if (typeof command.id !== 'string' || !PRINTABLE.test(command.id)) bad('id must be 1-128 printable characters without spaces');
+  // Up to 256: a rolling run's command ids are `<run id>:<meter>`.
+  if (typeof command.id !== 'string' || !/^[\x21-\x7e]{1,256}$/.test(command.id)) bad('id must be 1-256 printable characters without spaces');
   if (typeof command.meter !== 'string' || !PRINTABLE.test(command.meter)) bad('meter must be 1-128 printable characters without spaces');
   if (!RELAY_ACTIONS.includes(command.action)) bad(`action must be disconnect or reconnect`);
   if (!Number.isFinite(command.notAfter)) bad('notAfter must be a time in ms');
   if (command.notBefore !== undefined && !Number.isFinite(command.notBefore)) bad('notBefore must be a time in ms');
+  if (command.origin !== undefined && (typeof command.origin !== 'string' || command.origin.length > 128)) bad('origin must be text of at most 128 characters');
   const auth = command.authorization;
   if (typeof auth !== 'object' || auth === null) bad('authorization is required');
   if (auth.source !== 'hes' && auth.source !== 'local') bad('authorization.source must be hes or local');
@@ -208,15 +241,53 @@ export function authorizationProblem(auth: RelayAuthorization): string | undefin
   return undefined;
 }
 
-/** Same command (ignores nothing but key order): identical id with different content is a conflict. */
+/**
+ * Whether `b` repeats command `a`: same id, meter, action and source. The
+ * operator and the validity window may differ (a repeat issued later, by
+ * someone else, with a fresh code): it returns the first one's outcome and
+ * actuates nothing. Same id with another meter, action or source is an
+ * ID_CONFLICT.
+ */
 export function sameCommand(a: RelayCommand, b: RelayCommand): boolean {
-  return (
-    a.id === b.id &&
-    a.meter === b.meter &&
-    a.action === b.action &&
-    a.notAfter === b.notAfter &&
-    (a.notBefore ?? null) === (b.notBefore ?? null) &&
-    a.authorization.operator === b.authorization.operator &&
-    a.authorization.source === b.authorization.source
-  );
+  return a.id === b.id && a.meter === b.meter && a.action === b.action && a.authorization.source === b.authorization.source;
+}
+
+// ---------------------------------------------------------------------------
+// Alarms and reports
+
+/**
+ * Alarms the relay service raises and keeps per meter until an authorized
+ * operator clears them (`ami-gateway alarms reset --meter ID --code CODE`):
+ * - TAMPER: magnetic tamper (the meter's alarm register, or an event from the
+ *   flow); while it stands, reconnects are refused (TAMPER_LOCKED);
+ * - RELAY_WELD_DETECTED: disconnected but voltage on the load side; a truck
+ *   roll. It does not lock anything (a disconnect already failed).
+ */
+export const RELAY_ALARM_CODES = ['TAMPER', 'RELAY_WELD_DETECTED'] as const;
+export type RelayAlarmCode = (typeof RELAY_ALARM_CODES)[number];
+
+export interface RelayAlarm {
+  meter: string;
+  code: RelayAlarmCode;
+  /** ms since the epoch. */
+  raisedAt: number;
+  /** Where it came from: the meter's alarm register read before a reconnect, a relay outcome, or an event a flow reported. */
+  source: 'meter-alarm-register' | 'relay-outcome' | 'event';
+  detail: string;
+  /** The command during which it was found, if any. */
+  commandId?: string;
+}
+
+/**
+ * A record for the HES (structurally src/hes/contract.ts HesRecord): every
+ * final outcome (kind result), every alarm raised (kind alarm) and cleared
+ * (kind event). Journaled in the same atomic write as what it reports and
+ * handed to the outbox by RelayReporter; the key makes a repeat harmless.
+ */
+export interface RelayReport {
+  key: string;
+  kind: 'result' | 'alarm' | 'event';
+  meter: string;
+  ts: number;
+  body: Record<string, unknown>;
 }

@@ -35,6 +35,10 @@ export interface ScriptedRelay {
   invokes: number;
   /** Real state changes of the relay caused by invokes: its physical operation count. */
   actuations: number;
+  /** Alarm register 1 (bit 16: magnetic tamper). */
+  alarms: number;
+  /** clearAlarms fails with this code while set. */
+  clearFault?: RelayPortErrorCode;
 }
 
 /** What the port does with a call: 'run' normally, or hang (until aborted) with or without the call's effect. */
@@ -57,7 +61,7 @@ export class ScriptedRelayPort implements RelayMeterPort {
   relay(meter: string, init: Partial<ScriptedRelay> = {}): ScriptedRelay {
     let relay = this.relays.get(meter);
     if (!relay) {
-      relay = { state: 1, supply: 230, weld: false, stuck: false, invokeCalls: 0, invokes: 0, actuations: 0, ...init };
+      relay = { state: 1, supply: 230, weld: false, stuck: false, invokeCalls: 0, invokes: 0, actuations: 0, alarms: 0, ...init };
       this.relays.set(meter, relay);
     } else Object.assign(relay, init);
     return relay;
@@ -81,6 +85,20 @@ export class ScriptedRelayPort implements RelayMeterPort {
     await this.gate('read', meter, signal, () => undefined);
     if (relay.readFault) throw new RelayPortError(relay.readFault, `scripted ${relay.readFault}`);
     return relay.state === 1 || relay.weld ? relay.supply : 0;
+  }
+
+  async readAlarms(meter: string, signal: AbortSignal): Promise<number> {
+    const relay = this.get(meter);
+    await this.gate('read', meter, signal, () => undefined);
+    if (relay.readFault) throw new RelayPortError(relay.readFault, `scripted ${relay.readFault}`);
+    return relay.alarms;
+  }
+
+  async clearAlarms(meter: string, mask: number, signal: AbortSignal): Promise<void> {
+    const relay = this.get(meter);
+    await this.gate('read', meter, signal, () => undefined);
+    if (relay.clearFault) throw new RelayPortError(relay.clearFault, `scripted ${relay.clearFault}`);
+    relay.alarms = (relay.alarms & ~mask) >>> 0;
   }
 
   async invoke(meter: string, method: 'remote_disconnect' | 'remote_reconnect', signal: AbortSignal): Promise<void> {

@@ -1,0 +1,157 @@
+/**
+ * Takes the relay service's reports (final outcomes, alarms raised and
+ * cleared) from the journal to the HES outbox: the MDM sync. A report is
+ * journaled in the same synced write as what it reports, so none is lost
+ * when the gateway stops; it leaves the journal only after `deliver`
+ * resolved (the outbox has it on disk). A crash between the two delivers it
+ * again under the same key, which the outbox and the HES take once.
+ *
+ * When delivery fails (outbox full: alarms and results are never dropped
+ * there, it pushes back; HES endpoint not deployed) the reporter waits and
+ * tries again, from 1 s doubling to 60 s, or at once when kicked.
+ */
+import type { RelayJournal } from './journal.js';
+import type { RelayReport } from './types.js';
+
+export interface RelayReporterOptions {
+  journal: RelayJournal;
+  /** Resolves once the record is safe (in the outbox on disk); rejects to try later. */
+  deliver: (report: RelayReport) => Promise<unknown>;
+  /** Reports read per pass (default 100). */
+  batch?: number;
+  minRetryMs?: number;
+  maxRetryMs?: number;
+  /** Told about the first failure of a streak and about the recovery. */
+  onProblem?: (problem: string | undefined) => void;
+}
+
+export interface RelayReporterCounters {
+  delivered: number;
+  failures: number;
+  /** Reports that could not be decoded, removed without delivery. */
+  discarded: number;
+  lastError?: string;
+}
+
+export class RelayReporter {
+  readonly counters: RelayReporterCounters = { delivered: 0, failures: 0, discarded: 0 };
+  private running: Promise<void> | undefined;
+  private stopped = false;
+  private kicked = false;
+  private wake: (() => void) | undefined;
+  private failing = false;
+
+  constructor(private readonly options: RelayReporterOptions) {}
+
+  /** Starts delivering what the journal holds now and whatever comes later (kick()). */
+  start(): void {
+    if (this.running || this.stopped) return;
+    this.running = this.loop();
+  }
+
+  /** New reports were journaled: deliver them now (also ends a retry wait). */
+  kick(): void {
+    this.kicked = true;
+    const wake = this.wake;
+    this.wake = undefined;
+    wake?.();
+  }
+
+  /** Resolves when the journal holds no report (or the reporter stopped). For tests and orderly shutdown. */
+  async drained(): Promise<void> {
+    for (;;) {
+      if (this.stopped) return;
+      if ((await this.options.journal.reports(1)).length === 0) return;
+      await new Promise<void>((resolve) => {
+        const previous = this.idleWaiters;
+        this.idleWaiters = () => {
+          previous?.();
+          resolve();
+        };
+        // The loop may have gone idle between the read above and now: make it look again.
+        this.kick();
+      });
+    }
+  }
+
+  /** Stops after the report in hand; undelivered ones stay in the journal for the next start. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.kick();
+    await this.running;
+    this.idleWaiters?.();
+    this.idleWaiters = undefined;
+  }
+
+  private idleWaiters: (() => void) | undefined;
+
+  private async loop(): Promise<void> {
+    let retryMs = this.options.minRetryMs ?? 1000;
+    const maxRetryMs = this.options.maxRetryMs ?? 60_000;
+    while (!this.stopped) {
+      this.kicked = false;
+      let failed = false;
+      try {
+        const queued = await this.options.journal.reports(this.options.batch ?? 100);
+        if (queued.length === 0) {
+          this.notifyIdle();
+          if (!this.kicked) await this.sleep(undefined);
+          continue;
+        }
+        const done: string[] = [];
+        try {
+          for (const { journalKey, report } of queued) {
+            if (this.stopped) break;
+            if (report.key === '') {
+              this.counters.discarded += 1;
+              done.push(journalKey);
+              continue;
+            }
+            await this.options.deliver(report);
+            this.counters.delivered += 1;
+            done.push(journalKey);
+          }
+        } finally {
+          // What was delivered leaves the journal even when a later one failed.
+          if (done.length > 0 && !this.options.journal.isClosed) await this.options.journal.removeReports(done);
+        }
+      } catch (err) {
+        if (this.stopped) break;
+        failed = true;
+        this.counters.failures += 1;
+        this.counters.lastError = (err as Error)?.message ?? String(err);
+        if (!this.failing) this.options.onProblem?.(this.counters.lastError);
+        this.failing = true;
+      }
+      if (failed) {
+        if (!this.kicked) await this.sleep(retryMs);
+        retryMs = Math.min(maxRetryMs, retryMs * 2);
+      } else {
+        if (this.failing) this.options.onProblem?.(undefined);
+        this.failing = false;
+        retryMs = this.options.minRetryMs ?? 1000;
+      }
+    }
+    this.notifyIdle();
+  }
+
+  private notifyIdle(): void {
+    const waiters = this.idleWaiters;
+    this.idleWaiters = undefined;
+    waiters?.();
+  }
+
+  /** Waits for a kick, or `ms` when given. */
+  private sleep(ms: number | undefined): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const timer = ms === undefined ? undefined : setTimeout(finish, ms);
+      const self = this;
+      function finish(): void {
+        clearTimeout(timer);
+        if (self.wake === finish) self.wake = undefined;
+        resolve();
+      }
+      this.wake = finish;
+    });
+  }
+}
