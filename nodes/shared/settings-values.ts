@@ -26,6 +26,16 @@ export function numberProperty(label: string, raw: unknown, fallback: number, mi
   return value;
 }
 
+/** Like numberProperty, for settings that may be negative (dBm, dB). */
+export function integerProperty(label: string, raw: unknown, fallback: number, min: number, max: number): number {
+  if (unset(raw)) return fallback;
+  const text = String(raw).trim();
+  if (!/^-?\d+$/.test(text)) throw new NodeConfigError(`${label} must be a whole number, got "${text}"`);
+  const value = Number(text);
+  if (value < min || value > max) throw new NodeConfigError(`${label} must be between ${min} and ${max}, got ${value}`);
+  return value;
+}
+
 export function stringProperty(raw: unknown, fallback = ''): string {
   if (typeof raw !== 'string' || unset(raw)) return fallback;
   return raw.trim();

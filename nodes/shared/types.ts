@@ -146,3 +146,43 @@ export interface MeshDlmsMessage extends NodeMessage {
   /** The link metrics that registration last reported, when it reported any. */
   link?: LinkMetrics;
 }
+
+/** What a `relay command` node hears from its `ami-relay` config node. */
+export interface RelayUserListeners {
+  /** Every result the service records (final and waiting), whoever issued the command. */
+  result?: (result: import('../../src/relay/types.js').RelayResult) => void;
+  /** Progress of rolling runs. */
+  progress?: (progress: import('../../src/relay/service.js').RelayRunProgress) => void;
+}
+
+/** Authorization problems a relay user reports to its catch node. */
+export interface RelayRefusal {
+  code: 'UNAUTHORIZED' | 'UNVERIFIED_HES_COMMAND';
+  message: string;
+}
+
+/** What `relay command` nodes and the admin routes see of the `ami-relay` config node, which owns the RelayService. */
+export interface RelayServiceNode extends Node {
+  register(user: Node, listeners: RelayUserListeners): void;
+  deregister(user: Node): Promise<void>;
+  /** The service once open; rejects with the reason it cannot open. */
+  service(): Promise<import('../../src/relay/service.js').RelayService>;
+  /**
+   * A local operator's authorization: the operator exists, is enabled, has a
+   * relay role, and `totp` is their current code (used up). Rejects with an
+   * OperatorAuthError (or OperatorError when the store cannot decide).
+   */
+  authorizeLocal(operator: string, totp: string): Promise<import('../../src/relay/types.js').RelayAuthorization>;
+  /**
+   * The verified HES command `id` if it is pending in the HES endpoint's
+   * command store for this meter and relay action; undefined otherwise (also
+   * when no HES endpoint is configured).
+   */
+  verifiedHesCommand(id: string): Promise<import('../../src/store/pending-commands.js').PendingCommand | undefined>;
+  /** Registered meters whose tag `tag` is `value`, by endpoint name. */
+  groupMeters(selector: import('../../src/relay/api.js').RelayGroupSelector): string[];
+  /** Meters at once for lists and groups, by default. */
+  readonly concurrency: number;
+  /** The audit logs' folder. */
+  readonly logsDir: string;
+}

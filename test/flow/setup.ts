@@ -27,6 +27,8 @@ export const nodes = {
   backhaul: requireFromHere(path.join(DIST, 'nodes/ami-backhaul/ami-backhaul.js')) as NodeModule,
   backhaulStatus: requireFromHere(path.join(DIST, 'nodes/ami-backhaul-status/ami-backhaul-status.js')) as NodeModule,
   hesCommands: requireFromHere(path.join(DIST, 'nodes/ami-hes-commands/ami-hes-commands.js')) as NodeModule,
+  relay: requireFromHere(path.join(DIST, 'nodes/ami-relay/ami-relay.js')) as NodeModule,
+  relayCommand: requireFromHere(path.join(DIST, 'nodes/ami-relay-command/ami-relay-command.js')) as NodeModule,
 };
 export const allNodes = Object.values(nodes);
 

@@ -75,7 +75,7 @@ describe('the npm package installed into a plain Node-RED', () => {
     expect(packedFiles.filter((file) => file.startsWith('test/'))).toEqual([]);
   });
 
-  it('registers our thirteen node types, enabled and without load errors', async () => {
+  it('registers our fifteen node types, enabled and without load errors', async () => {
     const response = await fetch(`${baseUrl}/nodes`, { headers: { accept: 'application/json' } });
     const sets = (await response.json()) as Array<{ module: string; types: string[]; enabled: boolean; err?: string }>;
     const ours = sets.filter((set) => set.module === 'node-red-contrib-ami-gateway');
@@ -92,6 +92,8 @@ describe('the npm package installed into a plain Node-RED', () => {
       'ami-mesh-events',
       'ami-mesh-in',
       'ami-mesh-request',
+      'ami-relay',
+      'ami-relay-command',
       'ami-store',
     ]);
     for (const set of ours) {
