@@ -71,6 +71,21 @@ Usage:
   ami-gateway operators verify --name N --totp CODE [--json]
                                             check an operator's TOTP code (exit 0 accepted, 1 refused; the code
                                              is used up). operators: offline, on AMI_DATA_DIR/operators.json
+  ami-gateway relay disconnect|reconnect (--meter ID | --meters ID,ID,... | --group TAG=VALUE) --operator NAME
+                    --totp CODE [--id ID] [--valid SECONDS] [--concurrency N] [--json]
+                                            operate the meters' relays through the running gateway (a local
+                                            operator and the current TOTP code; --group e.g. feeder=F12); one
+                                            line per meter and a summary by code; exit 0 all RELAY_OP_SUCCESS,
+                                            1 a failure or refusal, 4 some still waiting (DEFERRED,
+                                            COMM_TIMEOUT_ERR: the gateway keeps them and runs them later)
+  ami-gateway relay status (--meter ID | --command ID | --run ID | --group TAG=VALUE) [--json]
+                                            relay commands (phase, last code, operator) and standing alarms
+  ami-gateway alarms list [--meter ID] [--json]
+                                            standing relay alarms (TAMPER, RELAY_WELD_DETECTED)
+  ami-gateway alarms reset --meter ID --code TAMPER|RELAY_WELD_DETECTED --operator NAME --totp CODE [--json]
+                                            clear an alarm (TAMPER: also the meter's register; a standing TAMPER
+                                            refuses reconnects); exit 0 cleared, 1 refused or no such alarm
+                                            (relay, alarms: --url and --user as for keys)
   ami-gateway hash-password                 read a password on stdin, print its bcrypt hash for adminUsers
   ami-gateway --version
 
@@ -402,6 +417,20 @@ export async function main(argv: string[]): Promise<number | undefined> {
           return result.exitCode;
         } catch (err) {
           if (err instanceof QueueUsageError) throw new UsageError(err.message);
+          throw err;
+        }
+      }
+      case 'relay':
+      case 'alarms': {
+        const { relayCommand, alarmsCommand, RelayUsageError } = await import('./cli-relay.js');
+        try {
+          const httpPort = loadConfig().httpPort;
+          const result = command === 'relay' ? await relayCommand(rest, httpPort) : await alarmsCommand(rest, httpPort);
+          // Reports go to stdout (also with exit codes 1 and 4: failed or waiting meters), errors ("ami-gateway: ...") to stderr.
+          (result.output.startsWith('ami-gateway:') ? process.stderr : process.stdout).write(`${result.output}\n`);
+          return result.exitCode;
+        } catch (err) {
+          if (err instanceof RelayUsageError) throw new UsageError(err.message);
           throw err;
         }
       }
