@@ -40,6 +40,7 @@ export class RelayReporter {
   private kicked = false;
   private wake: (() => void) | undefined;
   private failing = false;
+  private delivering = false;
 
   constructor(private readonly options: RelayReporterOptions) {}
 
@@ -74,11 +75,15 @@ export class RelayReporter {
     }
   }
 
-  /** Stops after the report in hand; undelivered ones stay in the journal for the next start. */
+  /**
+   * Stops; undelivered reports stay in the journal for the next start. Does
+   * not wait for a delivery in progress (the outbox may be closing too): if it
+   * still lands, the next start delivers that report again under its key.
+   */
   async stop(): Promise<void> {
     this.stopped = true;
     this.kick();
-    await this.running;
+    if (!this.delivering) await this.running;
     this.idleWaiters?.();
     this.idleWaiters = undefined;
   }
@@ -107,7 +112,12 @@ export class RelayReporter {
               done.push(journalKey);
               continue;
             }
-            await this.options.deliver(report);
+            this.delivering = true;
+            try {
+              await this.options.deliver(report);
+            } finally {
+              this.delivering = false;
+            }
             this.counters.delivered += 1;
             done.push(journalKey);
           }

@@ -39,6 +39,7 @@ export const coreNodes = {
   comment: requireFromHere('@node-red/nodes/core/common/90-comment.js') as NodeModule,
   catch: requireFromHere('@node-red/nodes/core/common/25-catch.js') as NodeModule,
   func: requireFromHere('@node-red/nodes/core/function/10-function.js') as NodeModule,
+  switch: requireFromHere('@node-red/nodes/core/function/10-switch.js') as NodeModule,
 };
 
 export const gatewayHealth = (

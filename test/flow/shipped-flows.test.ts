@@ -24,15 +24,19 @@ let hes: HesSimulator;
 let userDir: string;
 const savedEnv = { ...process.env };
 const DLMS_METER = 'mtr-flow-dlms';
+/** The first simulated meter (MeterFleet names meters mtr-000001, ...). */
+const RELAY_METER = 'mtr-000001';
 
 beforeAll(async () => {
   // The HES simulator plays the key management too: the flow's keyring syncs this meter's keys from it.
-  hes = new HesSimulator({ port: 0, bind: '::1', keyManagement: { meters: [DLMS_METER] } });
+  // And the command queue: signed relay commands for the default flow's relay command node.
+  hes = new HesSimulator({ port: 0, bind: '::1', keyManagement: { meters: [DLMS_METER, RELAY_METER] }, commands: {} });
   await hes.start();
   userDir = mkdtempSync(path.join(os.tmpdir(), 'ami-flows-'));
   const anchors = path.join(userDir, 'root-ca.pem');
   writeFileSync(anchors, hes.keyManagement!.trustAnchorPem);
   process.env.AMI_KEYS_TRUST_ANCHORS = anchors;
+  process.env.AMI_COMMANDS_TRUST_ANCHORS = anchors;
   // The store node keeps its database under Node-RED's user directory.
   helper.settings({ userDir });
   process.env.AMI_HES_PRIMARY = hes.url;
@@ -248,6 +252,51 @@ describe('shipped flows', () => {
       node('c3e0c0de00000009').receive({});
     } finally {
       await fleet.stop();
+    }
+  });
+  it('default-appliance.json runs a signed HES disconnect through relay command: the relay opens once, the HES gets the command result and the outcome', async () => {
+    const meshPort = await freeUdpPort();
+    process.env.AMI_MESH_PORT = String(meshPort);
+    // Link gating has its own tests; the simulated meter's radio profile must not decide this one.
+    process.env.AMI_RELAY_MIN_RSSI = '-150';
+    process.env.AMI_RELAY_MIN_SNR = '-50';
+    await helper.load(modules, readFlow('default-appliance.json'));
+    const fleet = new MeterFleet({ count: 1, gateway: `coap://[::1]:${meshPort}`, bind: '::1', intervalMs: 3_600_000, protocol: 'dlms', readings: false, register: true, serve: true, startSpreadMs: 0 });
+    await fleet.start();
+    try {
+      // Registered with the resource directory (at this fleet's address: the store may remember an earlier test's meter), keys synced.
+      const base = fleet.meters()[0]!.base;
+      for (;;) {
+        const listed = await helper.request().get('/ami/mesh/meters');
+        const endpoints = (listed.body as { endpoints: Array<{ meters?: Array<{ endpoint: string; base?: string }> }> }).endpoints;
+        if (endpoints.some((e) => e.meters?.some((m) => m.endpoint === RELAY_METER && m.base === base))) break;
+        await new Promise<void>((resolve) => {
+          const stop = fleet.onRegistration(() => {
+            stop();
+            resolve();
+          });
+          setTimeout(() => {
+            stop();
+            resolve();
+          }, 200).unref();
+        });
+      }
+      const keyring = helper.getNode('a1f0c0de0000000a') as unknown as { keyring(): Promise<{ keys: { get(title: string): unknown; size: number } }> };
+      while ((await keyring.keyring()).keys.size < 2) await new Promise((resolve) => setTimeout(resolve, 100));
+
+      const technician = hes.commands!.createOperator('Tina Technician', 'field-technician');
+      const issued = hes.commands!.issue('gw-flow-test', { meter: RELAY_METER, action: 'disconnect' }, technician);
+      // relay command's final result goes back into hes commands, which completes the command at the HES.
+      const outcome = nextInput(helper.getNode('a1f0c0de00000012')!);
+      await Promise.all([storedByHes(`command/${issued.id}/result`), storedByHes(`relay-result:${issued.id}`)]);
+      expect((await outcome).payload).toMatchObject({ commandId: issued.id, code: 'RELAY_OP_SUCCESS', source: 'hes', operator: 'Tina Technician' });
+      const relay = fleet.relay(RELAY_METER)!;
+      expect(relay.controlState).toBe(0);
+      expect(relay.stats.actuations).toBe(1);
+    } finally {
+      await fleet.stop();
+      delete process.env.AMI_RELAY_MIN_RSSI;
+      delete process.env.AMI_RELAY_MIN_SNR;
     }
   });
 });
