@@ -92,6 +92,11 @@ export class HesSimulator {
     return this.keys.has(key);
   }
 
+  /** Keys stored so far that start with `prefix` (all without one). */
+  storedKeys(prefix = ''): string[] {
+    return [...this.keys].filter((key) => key.startsWith(prefix));
+  }
+
   /** Calls `listener` with each key stored for the first time; returns the remover. */
   onStored(listener: (key: string) => void): () => void {
     this.listeners.add(listener);
