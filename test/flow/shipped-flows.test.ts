@@ -299,4 +299,24 @@ describe('shipped flows', () => {
       delete process.env.AMI_RELAY_MIN_SNR;
     }
   });
+  it('relay-commands.json refuses its inject buttons until a real TOTP code is set, and keeps a command for an unregistered meter waiting', async () => {
+    const meshPort = await freeUdpPort();
+    process.env.AMI_MESH_PORT = String(meshPort);
+    await helper.load(modules, readFlow('relay-commands.json'));
+    const errors = helper.getNode('c5e0c0de0000000a')!;
+    const caught = nextInput(errors);
+    // The inject button with the placeholder code 000000.
+    helper.getNode('c5e0c0de00000003')!.receive({});
+    expect(((await caught).error as { code: string }).code).toBe('UNAUTHORIZED');
+
+    // With an operator and a real code, a command for a meter that never registered waits on output 2 (COMM_TIMEOUT_ERR).
+    const { OperatorStore } = await import('../../src/relay/operators.js');
+    const { base32Decode, totp } = await import('../../src/relay/totp.js');
+    const { ensureCredentialSecret } = await import('../../src/appliance/secrets.js');
+    const operators = new OperatorStore({ dataDir: userDir, credentialSecret: ensureCredentialSecret(userDir, undefined).secret });
+    const added = await operators.add(`example-tech-${Date.now()}`, 'field-technician');
+    const waiting = nextInput(helper.getNode('c5e0c0de00000008')!);
+    helper.getNode('c5e0c0de00000006')!.receive({ meter: 'mtr-never-registered', action: 'disconnect', operator: added.name, totp: totp(base32Decode(added.secretBase32), Date.now()) });
+    expect((await waiting).payload).toMatchObject({ meter: 'mtr-never-registered', code: 'COMM_TIMEOUT_ERR', final: false });
+  });
 });
