@@ -20,7 +20,7 @@ const MESH_IN_ID = 'a1f0c0de00000005';
 const HES_OUT_ID = 'a1f0c0de00000006';
 const HELP_FIRST_SENTENCE = "Receives what meters post to the gateway's mesh CoAP endpoint";
 /** A message-catalog key of one of our nodes shown instead of its translation. */
-const RAW_KEY = /\bami-(?:mesh-in|mesh-endpoint|hes-out|hes-endpoint|store|keyring|dlms-decode|dlms-encode)\.[A-Za-z][\w.-]*/;
+const RAW_KEY = /\bami-(?:mesh-in|mesh-endpoint|hes-out|hes-endpoint|store|keyring|dlms-decode|dlms-encode|relay|relay-command)\.[A-Za-z][\w.-]*/;
 /** Per UI step; the whole file stays well under a minute. */
 const STEP_MS = 15_000;
 
@@ -100,12 +100,15 @@ describe('Node-RED editor of the appliance (Chromium)', () => {
     expect(await hesOut.locator('.red-ui-palette-label').innerText()).toBe('hes out');
     expect(await category.locator('.red-ui-palette-node[data-palette-type="ami-mesh-request"] .red-ui-palette-label').innerText()).toBe('mesh request');
     expect(await category.locator('.red-ui-palette-node[data-palette-type="ami-mesh-events"] .red-ui-palette-label').innerText()).toBe('mesh events');
-    expect(await category.locator('.red-ui-palette-node').count()).toBe(8);
+    // The palette wraps this label over two lines.
+    expect((await category.locator('.red-ui-palette-node[data-palette-type="ami-relay-command"] .red-ui-palette-label').innerText()).replace(/\s+/g, ' ')).toBe('relay command');
+    expect(await category.locator('.red-ui-palette-node').count()).toBe(9);
 
     // Icons: the editor only uses a module's icon path when the runtime listed the file.
     const icons: Array<[string, string]> = [
       ['ami-mesh-in', `icons/${MODULE}/ami-mesh.svg`],
       ['ami-hes-out', `icons/${MODULE}/ami-hes.svg`],
+      ['ami-relay-command', `icons/${MODULE}/ami-relay.svg`],
     ];
     for (const [type, icon] of icons) {
       const container = category.locator(`.red-ui-palette-node[data-palette-type="${type}"] .red-ui-palette-icon-container`);

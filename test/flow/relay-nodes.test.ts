@@ -13,7 +13,8 @@ import type { NodeStatus } from 'node-red';
 import { coapCall } from '../../src/coap/request.js';
 import { OperatorStore } from '../../src/relay/operators.js';
 import { base32Decode, totp } from '../../src/relay/totp.js';
-import type { RelayResult } from '../../src/relay/types.js';
+import type { RelayService } from '../../src/relay/service.js';
+import type { RelayAlarm, RelayResult } from '../../src/relay/types.js';
 import { HesSimulator } from '../../src/sim/hes.js';
 import type { SimOperator } from '../../src/sim/hes-commands.js';
 import { simMeterNames } from '../../src/sim/meter-keys.js';
@@ -44,6 +45,8 @@ const GROUP = (() => {
   return { feeder, members };
 })();
 const WELDED = GROUP.members[0]!;
+/** A meter outside the group for the tamper event test. */
+const REPORTED = NAMES.slice(6).find((name) => !GROUP.members.includes(name))!;
 const OBSTRUCTED = GROUP.members[1]!;
 const FAULTS: FaultAssignment[] = [
   { meter: TAMPERED, fault: 'tamper' },
@@ -362,5 +365,19 @@ describe('relay command node', () => {
     const bad = await adminPost('/ami/relay/commands').send({ action: 'disconnect', meter: LISTED_A, meters: [LISTED_B], operator: 'x', totp: '123456' });
     expect(bad.status).toBe(400);
     expect(bad.body).toMatchObject({ code: 'BAD_REQUEST' });
+  });
+  it('a tamper event from the flow (topic "tamper") locks reconnects of that meter without a request to it', async () => {
+    const relay = relayOf(REPORTED);
+    const service = await (node('relayconf') as unknown as { service(): Promise<RelayService> }).service();
+    const raised = new Promise<RelayAlarm>((resolve) => service.once('alarm', resolve));
+    node('relay').receive({ topic: 'tamper', meter: REPORTED, payload: 'fraud event 42 (strong DC field) pushed by the meter' });
+    expect(await raised).toMatchObject({ meter: REPORTED, code: 'TAMPER' });
+    const listed = await helper.request().get(`/ami/alarms?meter=${REPORTED}`);
+    const alarms = (listed.body as { alarms: Array<{ code: string; source: string; detail: string }> }).alarms;
+    expect(alarms).toEqual([expect.objectContaining({ code: 'TAMPER', source: 'event', detail: 'fraud event 42 (strong DC field) pushed by the meter' })]);
+    const results = resultsFor([REPORTED]);
+    node('relay').receive({ meter: REPORTED, action: 'reconnect', ...(await freshOperator()) });
+    expect((await results)[0]!.payload).toMatchObject({ code: 'TAMPER_LOCKED', actuated: false });
+    expect(relay.stats.actuations).toBe(0);
   });
 });
