@@ -21,6 +21,7 @@ import { simMeterNames } from '../../src/sim/meter-keys.js';
 import { meterRadioProfile } from '../../src/sim/mesh-meter.js';
 import { MeterFleet } from '../../src/sim/meters.js';
 import type { FaultAssignment } from '../../src/sim/relay.js';
+import { meshMeterLister, untilRegistered } from '../helpers/fleet.js';
 import { freeUdpPort } from '../helpers/ports.js';
 import { allNodes, coreNodes, initHelper } from './setup.js';
 
@@ -156,23 +157,8 @@ function storedAtHes(key: string): Promise<void> {
 }
 
 /** Resolves once every meter of the fleet is in the gateway's registry. */
-async function fleetRegistered(): Promise<void> {
-  for (;;) {
-    const listed = await helper.request().get('/ami/mesh/meters');
-    const endpoint = (listed.body as { endpoints: { id: string; meters?: { endpoint: string }[] }[] }).endpoints.find((e) => e.id === 'mesh');
-    if ((endpoint?.meters?.length ?? 0) >= COUNT) return;
-    await new Promise<void>((resolve) => {
-      const stop = fleet.onRegistration(() => {
-        stop();
-        resolve();
-      });
-      // Registrations that finished between the listing and this listener: look again soon.
-      setTimeout(() => {
-        stop();
-        resolve();
-      }, 200).unref();
-    });
-  }
+function fleetRegistered(): Promise<void> {
+  return untilRegistered(meshMeterLister(() => helper.request(), 'mesh'), fleet, (meters) => meters.length >= COUNT);
 }
 
 /** Resolves once the keyring holds the keys of every meter. */

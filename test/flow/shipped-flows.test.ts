@@ -9,6 +9,7 @@ import { MeterFleet } from '../../src/sim/meters.js';
 import { SimulatedCosemMeter } from '../../src/sim/cosem-meter.js';
 import { DEFAULT_SIM_KEY_SEED, simMeterKeys } from '../../src/sim/meter-keys.js';
 import { dlmsRecordKey } from '../../src/hes/records.js';
+import { meshMeterLister, untilRegistered } from '../helpers/fleet.js';
 import { freeUdpPort } from '../helpers/ports.js';
 import { allNodes, coreNodes, initHelper, nextInput } from './setup.js';
 
@@ -266,21 +267,7 @@ describe('shipped flows', () => {
     try {
       // Registered with the resource directory (at this fleet's address: the store may remember an earlier test's meter), keys synced.
       const base = fleet.meters()[0]!.base;
-      for (;;) {
-        const listed = await helper.request().get('/ami/mesh/meters');
-        const endpoints = (listed.body as { endpoints: Array<{ meters?: Array<{ endpoint: string; base?: string }> }> }).endpoints;
-        if (endpoints.some((e) => e.meters?.some((m) => m.endpoint === RELAY_METER && m.base === base))) break;
-        await new Promise<void>((resolve) => {
-          const stop = fleet.onRegistration(() => {
-            stop();
-            resolve();
-          });
-          setTimeout(() => {
-            stop();
-            resolve();
-          }, 200).unref();
-        });
-      }
+      await untilRegistered(meshMeterLister(() => helper.request()), fleet, (meters) => meters.some((m) => m.endpoint === RELAY_METER && m.base === base));
       const keyring = helper.getNode('a1f0c0de0000000a') as unknown as { keyring(): Promise<{ keys: { get(title: string): unknown; size: number } }> };
       while ((await keyring.keyring()).keys.size < 2) await new Promise((resolve) => setTimeout(resolve, 100));
 

@@ -4,23 +4,12 @@
  * the gateway's keyring, the congestion-controlled mesh client on a UDP
  * socket, DlmsRelayPort, and RelayService with its journal in LevelDB.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { MeshClient } from '../../src/coap/client/client.js';
-import type { TransmissionParameters } from '../../src/coap/client/parameters.js';
-import type { PeerAddress } from '../../src/coap/client/transport.js';
-import { Keyring } from '../../src/keys/keyring.js';
-import type { MeterKeySet } from '../../src/keys/keystore.js';
-import { DlmsRelayPort } from '../../src/relay/dlms-port.js';
 import { RelayJournal } from '../../src/relay/journal.js';
 import { RelayService } from '../../src/relay/service.js';
 import type { RelayCommand } from '../../src/relay/types.js';
-import { simMeterKeys } from '../../src/sim/meter-keys.js';
-import { MeterFleet } from '../../src/sim/meters.js';
-import type { FaultAssignment } from '../../src/sim/relay.js';
-import { acquireDatabase, type DatabaseLease } from '../../src/store/database.js';
+import type { MeterFleet } from '../../src/sim/meters.js';
+import { startRelayMeterRig, type RelayMeterRig, type RelayMeterRigOptions } from '../helpers/relay-rig.js';
 
 const SEED = 'relay-sim-meters-test';
 const MASTER = Buffer.alloc(32, 0x3c);
@@ -28,83 +17,38 @@ const GATEWAY_TITLE = '4757303030303042';
 const ADMIN = { source: 'hes' as const, operator: 'alice', role: 'utility-administrator', mfa: true };
 const GOOD_LINK = { rssi: -60, snr: 20 };
 
-interface Rig {
-  fleet: MeterFleet;
-  client: MeshClient;
-  keyring: Keyring;
-  lease: DatabaseLease;
-  service: RelayService;
-  names: string[];
-}
-
-let dir: string | undefined;
-let rig: Rig | undefined;
+let rig: RelayMeterRig | undefined;
+let service: RelayService | undefined;
 
 afterEach(async () => {
-  if (rig) {
-    await rig.service.close().catch(() => undefined);
-    await rig.keyring.close().catch(() => undefined);
-    await rig.client.close().catch(() => undefined);
-    await rig.fleet.stop().catch(() => undefined);
-    await rig.lease.release().catch(() => undefined);
-    rig = undefined;
-  }
-  if (dir) await rm(dir, { recursive: true, force: true });
-  dir = undefined;
+  await service?.close().catch(() => undefined);
+  service = undefined;
+  await rig?.close();
+  rig = undefined;
 });
 
-async function start(options: {
-  count: number;
-  faults?: FaultAssignment[];
-  lossRate?: number;
-  transmission: Partial<TransmissionParameters>;
-  /** Keys the gateway holds instead of the meter's own. */
-  wrongKeysFor?: string[];
-}): Promise<Rig> {
-  dir = await mkdtemp(path.join(tmpdir(), 'relay-sim-'));
-  const fleet = new MeterFleet({
-    count: options.count,
-    gateway: 'coap://127.0.0.1:5683',
-    intervalMs: 60_000,
-    protocol: 'dlms',
-    keySeed: SEED,
-    readings: false,
-    register: false,
-    serve: true,
-    startSpreadMs: 0,
-    faults: options.faults ?? [],
-    lossRate: options.lossRate ?? 0,
+async function start(
+  options: Pick<RelayMeterRigOptions, 'count' | 'faults' | 'lossRate' | 'transmission' | 'wrongKeysFor'>,
+): Promise<RelayMeterRig & { service: RelayService }> {
+  rig = await startRelayMeterRig({
+    ...options,
+    seed: SEED,
+    masterKey: MASTER,
+    gatewaySystemTitle: GATEWAY_TITLE,
     // A second operation of one relay would find the capacitor still charging (E001).
     relay: { rechargeMs: 60_000 },
+    maxConcurrent: 16,
+    tmpPrefix: 'relay-sim-',
   });
-  await fleet.start();
-  const meters = fleet.meters();
-  const names = meters.map((m) => m.name);
-  const addresses = new Map<string, PeerAddress>(meters.map((m) => [m.name, m.address]));
-
-  const lease = await acquireDatabase(path.join(dir, 'db'));
-  const keyring = await Keyring.open({ db: lease.db, masterKey: MASTER, gatewaySystemTitle: GATEWAY_TITLE, micThreshold: 3 });
-  const wrong = new Set(options.wrongKeysFor ?? []);
-  const keys: MeterKeySet[] = names.map((name) => {
-    const real = simMeterKeys(SEED, name, 1);
-    if (!wrong.has(name)) return real;
-    const other = simMeterKeys('not-the-seed', name, 1);
-    return { ...real, ek: other.ek, ak: other.ak };
-  });
-  await keyring.applyKeys(keys, { full: false });
-
-  const client = await MeshClient.open({ bind: '127.0.0.1' }, { transmission: options.transmission, maxConcurrent: 16 });
-  const port = new DlmsRelayPort({ client, keyring, resolve: (meter) => addresses.get(meter) });
-  const journal = await RelayJournal.open(lease.db);
-  const service = await RelayService.open({
+  const journal = await RelayJournal.open(rig.lease.db);
+  service = await RelayService.open({
     journal,
-    port,
+    port: rig.port,
     linkMetrics: () => GOOD_LINK,
     // E001 is retried after the charge cycle: far beyond the test.
     chargeCycleMs: 3_600_000,
   });
-  rig = { fleet, client, keyring, lease, service, names };
-  return rig;
+  return { ...rig, service };
 }
 
 function command(meter: string, id: string, action: 'disconnect' | 'reconnect' = 'disconnect'): RelayCommand {

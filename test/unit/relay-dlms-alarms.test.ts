@@ -4,28 +4,19 @@
  * clearAlarms against simulated meters (MeterFleet, ciphered DLMS over CoAP)
  * through the gateway's keyring and a real MeshClient on loopback.
  */
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { MeshClient } from '../../src/coap/client/client.js';
-import type { PeerAddress } from '../../src/coap/client/transport.js';
 import { decodeApdu, encodeApdu, type GetDataResult, type XdlmsApdu } from '../../src/dlms/apdu.js';
-import { Keyring } from '../../src/keys/keyring.js';
 import {
   ALARM_REGISTER,
   alarmRegisterRequest,
   clearAlarmsRequest,
-  DlmsRelayPort,
   interpretAlarmRegister,
   interpretSetResult,
   invokeIdAndPriority,
 } from '../../src/relay/dlms-port.js';
 import { RelayPortError, TAMPER_ALARM_BIT } from '../../src/relay/types.js';
-import { simMeterKeys } from '../../src/sim/meter-keys.js';
-import { MeterFleet } from '../../src/sim/meters.js';
 import { ALARM_BIT, ALARM_REGISTER_OBIS, DATA_CLASS_ID, type FaultAssignment } from '../../src/sim/relay.js';
-import { acquireDatabase, type DatabaseLease } from '../../src/store/database.js';
+import { startRelayMeterRig, type RelayMeterRig } from '../helpers/relay-rig.js';
 
 function portError(fn: () => unknown): RelayPortError {
   try {
@@ -138,62 +129,24 @@ const SEED = 'relay-dlms-alarms-test';
 const MASTER = Buffer.alloc(32, 0x5a);
 const GATEWAY_TITLE = '4757303030303043';
 
-interface Rig {
-  fleet: MeterFleet;
-  client: MeshClient;
-  keyring: Keyring;
-  lease: DatabaseLease;
-  port: DlmsRelayPort;
-  names: string[];
-}
-
-let dir: string | undefined;
-let rig: Rig | undefined;
+let rig: RelayMeterRig | undefined;
 
 afterEach(async () => {
-  if (rig) {
-    await rig.keyring.close().catch(() => undefined);
-    await rig.client.close().catch(() => undefined);
-    await rig.fleet.stop().catch(() => undefined);
-    await rig.lease.release().catch(() => undefined);
-    rig = undefined;
-  }
-  if (dir) await rm(dir, { recursive: true, force: true });
-  dir = undefined;
+  await rig?.close();
+  rig = undefined;
 });
 
-async function start(count: number, faults: FaultAssignment[]): Promise<Rig> {
-  dir = await mkdtemp(path.join(tmpdir(), 'relay-alarms-'));
-  const fleet = new MeterFleet({
+async function start(count: number, faults: FaultAssignment[]): Promise<RelayMeterRig> {
+  rig = await startRelayMeterRig({
+    seed: SEED,
+    masterKey: MASTER,
+    gatewaySystemTitle: GATEWAY_TITLE,
     count,
-    gateway: 'coap://127.0.0.1:5683',
-    intervalMs: 60_000,
-    protocol: 'dlms',
-    keySeed: SEED,
-    readings: false,
-    register: false,
-    serve: true,
-    startSpreadMs: 0,
     faults,
+    // Short retransmission so the offline meter's COMM_TIMEOUT_ERR comes quickly.
+    transmission: { ackTimeoutMs: 100, ackRandomFactor: 1, maxRetransmit: 1 },
+    tmpPrefix: 'relay-alarms-',
   });
-  const lease = await acquireDatabase(path.join(dir, 'db'));
-  // Partial rig first, so that afterEach releases what was opened if a later step fails.
-  rig = { fleet, lease } as Rig;
-  await fleet.start();
-  const meters = fleet.meters();
-  const names = meters.map((m) => m.name);
-  const addresses = new Map<string, PeerAddress>(meters.map((m) => [m.name, m.address]));
-  const keyring = await Keyring.open({ db: lease.db, masterKey: MASTER, gatewaySystemTitle: GATEWAY_TITLE, micThreshold: 3 });
-  rig.keyring = keyring;
-  await keyring.applyKeys(
-    names.map((name) => simMeterKeys(SEED, name, 1)),
-    { full: false },
-  );
-  // Short retransmission so the offline meter's COMM_TIMEOUT_ERR comes quickly.
-  const client = await MeshClient.open({ bind: '127.0.0.1' }, { transmission: { ackTimeoutMs: 100, ackRandomFactor: 1, maxRetransmit: 1 } });
-  rig.client = client;
-  const port = new DlmsRelayPort({ client, keyring, resolve: (meter) => addresses.get(meter) });
-  Object.assign(rig, { port, names });
   return rig;
 }
 
