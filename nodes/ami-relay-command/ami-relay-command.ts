@@ -100,8 +100,19 @@ export = function register(RED: NodeAPI): void {
     const counts = { ok: 0, failed: 0, waiting: 0 };
     /** Commands this node issued in this process (the journal has the origin of older ones). */
     const origins = new Map<string, string>();
-    /** Command ids this node is executing now: their results come back from execute() or the run's progress. */
-    const inFlight = new Set<string>();
+    /** Command ids this node is executing now (with how many inputs): their results come back from execute() or the run's progress. */
+    const inFlightCount = new Map<string, number>();
+    const inFlight = {
+      has: (id: string): boolean => inFlightCount.has(id),
+      add: (id: string): void => void inFlightCount.set(id, (inFlightCount.get(id) ?? 0) + 1),
+      delete: (id: string): boolean => {
+        const n = inFlightCount.get(id);
+        if (n === undefined) return false;
+        if (n <= 1) inFlightCount.delete(id);
+        else inFlightCount.set(id, n - 1);
+        return true;
+      },
+    };
     /** Waiting commands of this node: their final result comes later, as an event. */
     const waitingIds = new Set<string>();
     const sent = new Set<string>();
@@ -129,6 +140,7 @@ export = function register(RED: NodeAPI): void {
         sent.add(result.commandId);
         if (sent.size > SENT_MEMORY) sent.delete(sent.values().next().value!);
         if (waitingIds.delete(result.commandId)) counts.waiting = Math.max(0, counts.waiting - 1);
+        origins.delete(result.commandId);
         if (result.code === 'RELAY_OP_SUCCESS') counts.ok += 1;
         else counts.failed += 1;
         node.send([resultMessage(result), null]);
@@ -266,7 +278,9 @@ export = function register(RED: NodeAPI): void {
         origins.set(hes.command.id, node.id);
         inFlight.add(hes.command.id);
         try {
-          output(await service.execute(hes.command), true);
+          // Not an `answer`: when hes commands redelivers a command whose final result this node already sent
+          // (it finished while the gateway resumed), sending it again would complete it twice.
+          output(await service.execute(hes.command), false);
         } finally {
           inFlight.delete(hes.command.id);
         }
@@ -278,15 +292,7 @@ export = function register(RED: NodeAPI): void {
       if (!printable(msg.operator) || typeof msg.totp !== 'string') {
         throw new RelayCommandError('UNAUTHORIZED', `${RED._('ami-relay-command.errors.unauthorized')}: a local command needs msg.operator and msg.totp`);
       }
-      let authorization: RelayAuthorization;
-      try {
-        authorization = await relay.authorizeLocal(msg.operator, msg.totp);
-      } catch (err) {
-        if (err instanceof OperatorAuthError || err instanceof OperatorError) {
-          throw new RelayCommandError('UNAUTHORIZED', `${RED._('ami-relay-command.errors.unauthorized')}: ${err.code}: ${err.message}`);
-        }
-        throw err;
-      }
+      // Everything is checked before the code is: a refused message must not use up the operator's code.
       let validFor = validForS;
       if (msg.validFor !== undefined) {
         if (!Number.isInteger(msg.validFor) || (msg.validFor as number) < 1 || (msg.validFor as number) > MAX_VALID_FOR_S) {
@@ -296,6 +302,15 @@ export = function register(RED: NodeAPI): void {
       }
       const id = msg.commandId === undefined ? `${node.id}:${msg._msgid}` : msg.commandId;
       if (!printable(id, 100)) throw new RelayCommandError('BAD_COMMAND', 'msg.commandId must be 1-100 printable characters');
+      let authorization: RelayAuthorization;
+      try {
+        authorization = await relay.authorizeLocal(msg.operator, msg.totp);
+      } catch (err) {
+        if (err instanceof OperatorAuthError || err instanceof OperatorError) {
+          throw new RelayCommandError('UNAUTHORIZED', `${RED._('ami-relay-command.errors.unauthorized')}: ${err.code}: ${err.message}`);
+        }
+        throw err;
+      }
       const template = { action, authorization, notAfter: Date.now() + validFor * 1000, origin: node.id };
       if (meters.length === 1 && msg.meter !== undefined) {
         origins.set(id, node.id);

@@ -1,7 +1,7 @@
 import path from 'node:path';
 import type { Node, NodeAPI, NodeDef } from 'node-red';
 import { ensureCredentialSecret } from '../../src/appliance/secrets.js';
-import { onRegistryEvents } from '../../src/mesh/events.js';
+import type { MeshRegistryEvent } from '../../src/mesh/events.js';
 import { meterTarget } from '../../src/mesh/target.js';
 import type { RelayGroupSelector } from '../../src/relay/api.js';
 import { RelayAudit } from '../../src/relay/audit.js';
@@ -51,7 +51,6 @@ interface OpenRelay {
   journal: RelayJournal;
   lease: DatabaseLease;
   reporter: RelayReporter | undefined;
-  stopRegistryEvents: () => void;
 }
 
 /** Only one relay service per gateway: the journal, the wear records and the locks are the relay's truth. */
@@ -156,6 +155,18 @@ export = function register(RED: NodeAPI): void {
 
     // A stand-in user of the mesh endpoint: it pushes its own status to users, which must not paint this config node.
     const meshUser = Object.assign(Object.create(node) as Node, { status: () => undefined });
+    let meshRegistered = false;
+    /** Set once the service is open: registry events before that find nothing waiting anyway (resume() runs at open). */
+    let openService: RelayService | undefined;
+    // A meter that registers again (after an outage, a power cut) runs its waiting commands now. The endpoint
+    // forwards its registry's events to users, also when the registry loads after this node registered.
+    const onRegistryEvent = (event: MeshRegistryEvent): void => {
+      const service = openService;
+      if (!service || closed || (event.event !== 'joined' && event.event !== 'updated')) return;
+      const meter = event.meter.endpoint;
+      if (service.waitingFor(meter).length === 0) return;
+      service.meterAvailable(meter).catch((err: Error) => node.debug(`meter ${meter} available: ${err.message}`));
+    };
 
     const opening: Promise<OpenRelay> =
       problem !== undefined
@@ -163,7 +174,8 @@ export = function register(RED: NodeAPI): void {
         : (async (): Promise<OpenRelay> => {
             activeRelayNode = node.id;
             const s = settings!;
-            mesh!.register(meshUser, {});
+            mesh!.register(meshUser, { registry: onRegistryEvent });
+            meshRegistered = true;
             const lease = await store!.acquire();
             let journal: RelayJournal | undefined;
             try {
@@ -206,26 +218,25 @@ export = function register(RED: NodeAPI): void {
                 reporter = opened;
                 service.on('report', () => opened.kick());
               }
+              // A user's listener that throws must not break the service's emit (or the other users).
+              const each = (call: (l: RelayUserListeners) => void): void => {
+                for (const l of listeners.values()) {
+                  try {
+                    call(l);
+                  } catch (err) {
+                    node.error(`relay listener: ${(err as Error)?.message ?? String(err)}`);
+                  }
+                }
+              };
               service.on('result', (result) => {
                 waiting = countWaiting(service);
-                for (const l of listeners.values()) l.result?.(result);
+                each((l) => l.result?.(result));
                 showStatus();
               });
-              service.on('progress', (progress) => {
-                for (const l of listeners.values()) l.progress?.(progress);
-              });
+              service.on('progress', (progress) => each((l) => l.progress?.(progress)));
               service.on('alarm', (alarm) => node.warn(RED._('ami-relay.errors.alarm', { code: alarm.code, meter: alarm.meter, detail: alarm.detail })));
               service.on('alarmCleared', (alarm, by) => node.log(RED._('ami-relay.log.cleared', { code: alarm.code, meter: alarm.meter, operator: by.operator })));
-              // A meter that registers again (after an outage, a power cut) runs its waiting commands now.
-              const registry = mesh!.meterRegistry();
-              const stopRegistryEvents = registry
-                ? onRegistryEvents(registry, (event) => {
-                    if (closed || (event.event !== 'joined' && event.event !== 'updated')) return;
-                    const meter = event.meter.endpoint;
-                    if (service.waitingFor(meter).length === 0) return;
-                    void service.meterAvailable(meter).catch((err: Error) => node.debug(`meter ${meter} available: ${err.message}`));
-                  })
-                : () => undefined;
+              openService = service;
               reporter?.start();
               const unfinished = (await journal.unfinished()).length;
               if (unfinished > 0) node.log(RED._('ami-relay.log.resumed', { count: unfinished }));
@@ -233,7 +244,7 @@ export = function register(RED: NodeAPI): void {
               void service.resume().catch((err: Error) => {
                 if (!closed) node.error(`resume: ${err.message}`);
               });
-              return { service, journal, lease, reporter, stopRegistryEvents };
+              return { service, journal, lease, reporter };
             } catch (err) {
               await journal?.close().catch(() => undefined);
               await lease.release().catch(() => undefined);
@@ -274,6 +285,7 @@ export = function register(RED: NodeAPI): void {
       return { source: 'local', operator: granted.operator, role: granted.role satisfies RelayRole, mfa: true };
     };
     node.verifiedHesCommand = async (id): Promise<PendingCommand | undefined> => {
+      if (closed) return undefined;
       const opened = await openHesCommands();
       if (!opened) return undefined;
       const entry = await opened.commands.get(id);
@@ -297,20 +309,28 @@ export = function register(RED: NodeAPI): void {
       unpublish();
       if (activeRelayNode === node.id) activeRelayNode = undefined;
       const shutdown = async (): Promise<void> => {
-        const open = await opening.catch(() => undefined);
-        if (open) {
-          open.stopRegistryEvents();
-          await open.reporter?.stop();
-          // Closes the journal and the audit logs; commands in flight stay as the journal says and resume at the next start.
-          await open.service.close();
-          await open.lease.release();
+        try {
+          const open = await opening.catch(() => undefined);
+          if (open) {
+            try {
+              await open.reporter?.stop();
+              // Closes the journal and the audit logs; commands in flight stay as the journal says and resume at the next start.
+              await open.service.close();
+            } finally {
+              await open.lease.release();
+            }
+          }
+          const commands = await hesCommands?.catch(() => undefined);
+          if (commands) {
+            try {
+              await commands.commands.close();
+            } finally {
+              await commands.lease.release();
+            }
+          }
+        } finally {
+          if (mesh && meshRegistered) await mesh.deregister(meshUser);
         }
-        const commands = await hesCommands?.catch(() => undefined);
-        if (commands) {
-          await commands.commands.close();
-          await commands.lease.release();
-        }
-        if (mesh && problem === undefined) await mesh.deregister(meshUser);
       };
       shutdown().then(done, (err: Error) => {
         node.error(err.message);

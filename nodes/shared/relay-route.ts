@@ -166,6 +166,13 @@ export function registerRelayRoutes(RED: NodeAPI): void {
       if (meters.length === 0) {
         throw new RelayApiRequestError('EMPTY_TARGET', `no registered meter has ${request.group?.tag}=${request.group?.value}`);
       }
+      if (request.meter !== undefined && request.id !== undefined) {
+        // A command id used for another meter or action: refused before the code is used up.
+        const known = await service.status(request.id);
+        if (known && (known.command.meter !== request.meter || known.command.action !== request.action || known.command.authorization.source !== 'local')) {
+          throw new RouteError(409, 'ID_CONFLICT', `command id ${request.id} was used for another command`);
+        }
+      }
       const authorization: RelayAuthorization = await node.authorizeLocal(request.operator, request.totp);
       const notAfter = Date.now() + (request.validSeconds ?? DEFAULT_VALID_SECONDS) * 1000;
       const template = { action: request.action, authorization, notAfter, origin: 'admin-api' };
@@ -206,6 +213,10 @@ export function registerRelayRoutes(RED: NodeAPI): void {
     (async () => {
       const request = parseAlarmResetRequest(req.body);
       const { node, service } = await relayService();
+      // Checked before the code is, so a wrong meter or code does not use up the operator's TOTP code.
+      if (!(await service.alarms(request.meter)).some((a) => a.code === request.code)) {
+        throw new RouteError(404, 'NO_SUCH_ALARM', `meter ${request.meter} has no standing ${request.code} alarm`);
+      }
       const authorization = await node.authorizeLocal(request.operator, request.totp);
       return service.clearAlarm(request.meter, request.code, authorization);
     })().then(

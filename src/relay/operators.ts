@@ -152,6 +152,8 @@ export interface FailureCounters {
 }
 
 const HKDF_SALT = 'ami-gateway/relay/operators';
+/** Refused codes in a row after which an operator is disabled (an online guess of a 6-digit code). */
+export const MAX_FAILED_ATTEMPTS = 5;
 const HKDF_INFO = 'totp-secret-seal-v1';
 
 export class OperatorStore {
@@ -238,8 +240,10 @@ export class OperatorStore {
     await this.mutate((file) => {
       const operator = file.operators.find((o) => o.name === name);
       if (!operator) throw new OperatorError('UNKNOWN_OPERATOR', `no operator "${name}"`);
-      if (operator.disabled === disabled) return false;
+      if (operator.disabled === disabled && (disabled || operator.failedAttempts === 0)) return false;
       operator.disabled = disabled;
+      // Enabling also ends a lockout after refused codes.
+      if (!disabled) operator.failedAttempts = 0;
       return true;
     });
   }
@@ -281,10 +285,15 @@ export class OperatorStore {
       }
       if (!result.ok) {
         operator.failedAttempts += 1;
+        // Guessing a 6-digit code must not be free: after this many refusals in a row the operator is disabled
+        // until `ami-gateway operators enable --name N` (which also resets the count).
+        const lockedOut = operator.failedAttempts >= MAX_FAILED_ATTEMPTS;
+        if (lockedOut) operator.disabled = true;
+        const lock = lockedOut ? `; ${MAX_FAILED_ATTEMPTS} refused codes in a row: the operator is now disabled (ami-gateway operators enable --name ${name})` : '';
         refusal =
           result.reason === 'REPLAYED_CODE'
-            ? new OperatorAuthError('REPLAYED_CODE', name, `operator "${name}": this code was already used`)
-            : new OperatorAuthError('BAD_CODE', name, `operator "${name}": wrong or expired TOTP code`);
+            ? new OperatorAuthError('REPLAYED_CODE', name, `operator "${name}": this code was already used${lock}`)
+            : new OperatorAuthError('BAD_CODE', name, `operator "${name}": wrong or expired TOTP code${lock}`);
         return true;
       }
       operator.lastStep = result.step;

@@ -21,6 +21,8 @@ export interface RelayReporterOptions {
   batch?: number;
   minRetryMs?: number;
   maxRetryMs?: number;
+  /** Looks at the journal this often while idle even without a kick (default 30 s). */
+  idlePollMs?: number;
   /** Told about the first failure of a streak and about the recovery. */
   onProblem?: (problem: string | undefined) => void;
 }
@@ -100,7 +102,8 @@ export class RelayReporter {
         const queued = await this.options.journal.reports(this.options.batch ?? 100);
         if (queued.length === 0) {
           this.notifyIdle();
-          if (!this.kicked) await this.sleep(undefined);
+          // A kick normally wakes it; the poll is a safety net should a kick ever be missed.
+          if (!this.kicked) await this.sleep(this.options.idlePollMs ?? 30_000);
           continue;
         }
         const done: string[] = [];
@@ -155,6 +158,8 @@ export class RelayReporter {
   private sleep(ms: number | undefined): Promise<void> {
     return new Promise<void>((resolve) => {
       const timer = ms === undefined ? undefined : setTimeout(finish, ms);
+      // Waiting for work must not keep a process alive that is otherwise done.
+      timer?.unref();
       const self = this;
       function finish(): void {
         clearTimeout(timer);

@@ -338,12 +338,18 @@ export class RelayService extends EventEmitter<RelayServiceEvents> {
   async reportTamper(meter: string, detail: string): Promise<RelayAlarm> {
     this.assertOpen();
     if (typeof meter !== 'string' || !/^[\x21-\x7e]{1,128}$/.test(meter)) throw new RelayError('BAD_COMMAND', 'meter must be 1-128 printable characters without spaces');
+    // On the meter's chain: a reset of the alarm in progress must not delete a tamper reported meanwhile.
+    return this.onMeterChain(meter, () => this.raiseTamperEvent(meter, detail));
+  }
+
+  private async raiseTamperEvent(meter: string, detail: string): Promise<RelayAlarm> {
+    this.assertOpen();
     const standing = await this.journal.alarm(meter, 'TAMPER');
     if (standing) return standing;
     const alarm: RelayAlarm = { meter, code: 'TAMPER', raisedAt: this.now(), source: 'event', detail: String(detail).slice(0, 512) || 'magnetic tamper reported' };
     await this.journal.write({ raise: [alarm], reports: [alarmReport(alarm)] });
-    this.alarmRaised(alarm);
     this.emit('report');
+    this.alarmRaised(alarm);
     return alarm;
   }
 
@@ -355,6 +361,12 @@ export class RelayService extends EventEmitter<RelayServiceEvents> {
    * RelayError UNAUTHORIZED, NO_SUCH_ALARM, METER_FAILED or CLOSED.
    */
   async clearAlarm(meter: string, code: RelayAlarmCode, authorization: RelayAuthorization): Promise<{ cleared: RelayAlarm; meterCleared: boolean }> {
+    this.assertOpen();
+    // On the meter's chain: after the meter's commands in progress, before the next ones, never beside a tamper report.
+    return this.onMeterChain(meter, () => this.clearAlarmNow(meter, code, authorization));
+  }
+
+  private async clearAlarmNow(meter: string, code: RelayAlarmCode, authorization: RelayAuthorization): Promise<{ cleared: RelayAlarm; meterCleared: boolean }> {
     this.assertOpen();
     const who = { command: '-', operator: authorization.operator, meter, step: 'alarm-reset' };
     const problem = authorizationProblem(authorization);
@@ -388,8 +400,8 @@ export class RelayService extends EventEmitter<RelayServiceEvents> {
     const fields = { ...who, token: 'ALARM_CLEARED', extra: { alarm: code, meter_register_cleared: meterCleared } };
     this.audit.actuator(fields);
     this.audit.daemon(fields);
-    this.emit('alarmCleared', alarm, { operator: authorization.operator, meterCleared });
     this.emit('report');
+    this.emit('alarmCleared', alarm, { operator: authorization.operator, meterCleared });
     return { cleared: alarm, meterCleared };
   }
 
@@ -504,21 +516,25 @@ export class RelayService extends EventEmitter<RelayServiceEvents> {
 
   /** Per meter one at a time, service-wide at most maxConcurrent; re-reads the entry when its turn comes. */
   private runLifecycle(entry: RelayJournalEntry): Promise<RelayResult> {
-    const meter = entry.command.meter;
+    return this.onMeterChain(entry.command.meter, () =>
+      this.limiter.run(async () => {
+        const fresh = (await this.journal.get(entry.command.id)) ?? entry;
+        return this.lifecycle(fresh);
+      }),
+    );
+  }
+
+  /** Runs `work` after everything queued for the meter (lifecycles, alarm changes): one at a time per meter. */
+  private onMeterChain<T>(meter: string, work: () => Promise<T>): Promise<T> {
     const previous = this.meterChains.get(meter) ?? Promise.resolve();
-    const run = previous
-      .catch(() => undefined)
-      .then(() =>
-        this.limiter.run(async () => {
-          const fresh = (await this.journal.get(entry.command.id)) ?? entry;
-          return this.lifecycle(fresh);
-        }),
-      );
+    const run = previous.catch(() => undefined).then(work);
     const tail = run.catch(() => undefined);
     this.meterChains.set(meter, tail);
     void tail.then(() => {
       if (this.meterChains.get(meter) === tail) this.meterChains.delete(meter);
     });
+    this.tasks.add(tail);
+    void tail.finally(() => this.tasks.delete(tail));
     return run;
   }
 
@@ -825,9 +841,10 @@ export class RelayService extends EventEmitter<RelayServiceEvents> {
     this.track(done);
     this.audit.actuator(this.fields(cmd, 'outcome', code, { control_state: result.state, load_voltage: result.loadVoltage, actuated: result.actuated, idempotent: result.idempotent, detail: result.detail }));
     this.audit.daemon(this.fields(cmd, 'outcome', code, { final: true }));
+    // 'report' first: a listener of 'result' that throws must not hold the report back.
+    this.emit('report');
     if (alarm) this.alarmRaised(alarm);
     this.emit('result', result);
-    this.emit('report');
     return result;
   }
 

@@ -135,6 +135,21 @@ describe('OperatorStore', () => {
     expect((await store.list())[0]?.failedAttempts).toBe(0);
   });
 
+  it('disables an operator after five refused codes in a row (no free guessing); enable ends the lockout', async () => {
+    const { store, clock } = setup();
+    const secret = base32Decode((await store.add('kim', 'field-technician')).secretBase32);
+    const step = totpStep(clock.now);
+    for (let i = 1; i <= 4; i++) expect(await refusal(store.authorize('kim', hotp(secret, step + 10 + i)))).toBe('BAD_CODE');
+    expect((await store.list())[0]).toMatchObject({ disabled: false, failedAttempts: 4 });
+    const fifth = await store.authorize('kim', hotp(secret, step + 20)).catch((err: OperatorAuthError) => err);
+    expect(fifth).toMatchObject({ code: 'BAD_CODE', message: expect.stringMatching(/now disabled \(ami-gateway operators enable --name kim\)/) });
+    // Locked: even the right code is refused now.
+    expect(await refusal(store.authorize('kim', hotp(secret, step)))).toBe('DISABLED');
+    await store.setDisabled('kim', false);
+    expect((await store.list())[0]).toMatchObject({ disabled: false, failedAttempts: 0 });
+    await expect(store.authorize('kim', hotp(secret, step))).resolves.toMatchObject({ operator: 'kim' });
+  });
+
   it('keeps the file at mode 0600, written atomically, with the TOTP secret sealed', async () => {
     const { dir, store } = setup();
     const added = await store.add('judy', 'utility-administrator');
