@@ -130,6 +130,34 @@ describe('tamper', () => {
     expect(relay).toMatchObject({ state: 1, actuations: 1 });
   });
 
+  it('a tamper reported while an operator clears the previous one is kept (alarm changes of a meter run one after the other)', async () => {
+    const relay = port.relay('m1', { state: 0, alarms: TAMPER_ALARM_BIT });
+    const first = await service.reportTamper('m1', 'first magnet');
+    // The meter's register write of the reset is held until the second tamper has been reported.
+    const clearMeter = port.clearAlarms.bind(port);
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    let writing!: () => void;
+    const writeStarted = new Promise<void>((resolve) => (writing = resolve));
+    port.clearAlarms = async (meter, mask, signal) => {
+      writing();
+      await held;
+      return clearMeter(meter, mask, signal);
+    };
+    const reset = service.clearAlarm('m1', 'TAMPER', ADMIN);
+    await writeStarted;
+    const second = service.reportTamper('m1', 'second magnet, during the reset');
+    release();
+    expect((await reset).cleared).toEqual(first);
+    const standing = await second;
+    expect(standing).toMatchObject({ meter: 'm1', code: 'TAMPER', detail: 'second magnet, during the reset' });
+    expect(await service.alarms('m1')).toEqual([standing]);
+    expect(alarmsRaised.map((a) => a.detail)).toEqual(['first magnet', 'second magnet, during the reset']);
+    expect(relay.alarms).toBe(0);
+    // And the lock holds.
+    expect((await service.execute(command('m1', 'reconnect'))).code).toBe('TAMPER_LOCKED');
+  });
+
   it('an event raises the lock once; the lock and the alarm survive a restart', async () => {
     port.relay('m1', { state: 0 });
     const first = await service.reportTamper('m1', 'fraud event 42');
