@@ -1,1 +1,3 @@
 export * from './ruleset.js';
+export * from './nft.js';
+export * from './manager.js';

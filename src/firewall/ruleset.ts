@@ -8,7 +8,8 @@ import { isIP } from 'node:net';
  * reports back (`nft -j list table inet ami_gateway`) against it.
  *
  * Everything here is pure: no process is started, no file read. Driving nft
- * (apply, drift timer, rollback) is left to the callers.
+ * is left to nft.ts (NftRunner) and manager.ts (FirewallManager: apply,
+ * verify, drift timer, rollback).
  *
  * Model:
  *   - named interval sets hes_v4/hes_v6, mesh_v4/mesh_v6, mgmt_v4/mgmt_v6, so
@@ -28,15 +29,28 @@ export const TABLE_FAMILY = 'inet';
 export const TABLE_NAME = 'ami_gateway';
 export const CHAIN_NAME = 'input';
 
-export type FirewallErrorCode = 'BAD_CONFIG' | 'BAD_NFT_OUTPUT';
+/**
+ * BAD_CONFIG: the configuration is invalid. BAD_NFT_OUTPUT: nft printed
+ * something that is not the JSON expected. The rest come from running nft
+ * (src/firewall/nft.ts): NO_NFT (the nft binary is missing), NO_PERMISSION
+ * (no CAP_NET_ADMIN: "Operation not permitted"), APPLY_FAILED (nft exited
+ * non-zero: it refused the script, with its stderr and line numbers in the
+ * message; or the ruleset read back differs from the one applied), TIMEOUT
+ * (nft did not finish in time and was killed).
+ */
+export type FirewallErrorCode = 'BAD_CONFIG' | 'BAD_NFT_OUTPUT' | 'NO_NFT' | 'NO_PERMISSION' | 'APPLY_FAILED' | 'TIMEOUT';
 
 export class FirewallError extends Error {
   override readonly name = 'FirewallError';
+  /** nft's stderr, when the error comes from running nft. */
+  readonly stderr?: string;
   constructor(
     readonly code: FirewallErrorCode,
     message: string,
+    options: { cause?: unknown; stderr?: string } = {},
   ) {
-    super(message);
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    if (options.stderr !== undefined) this.stderr = options.stderr;
   }
 }
 
