@@ -86,10 +86,28 @@ Usage:
                                             clear an alarm (TAMPER: also the meter's register; a standing TAMPER
                                             refuses reconnects); exit 0 cleared, 1 refused or no such alarm
                                             (relay, alarms: --url and --user as for keys)
+  ami-gateway firewall render|apply|verify|remove [--allow-hes ADDR]... [--allow-mesh PREFIX]... [--allow-mgmt PREFIX]...
+                    [--mesh-port N] [--admin-port N] [--backhaul-port N] [--dlms-port N] [--openvpn-mgmt-port N] [--json]
+                                            the kernel allowlists (nftables table inet ami_gateway, no other table
+                                            touched): render prints the nft script (a dry run, needs no nft); apply
+                                            replaces the table atomically and reads it back; verify compares the
+                                            kernel's table with the configuration (exit 1 on drift, listing the
+                                            differences); remove deletes the table (exit 0 also when absent).
+                                            Lists: each option repeatable and comma-separated; defaults
+                                            AMI_ALLOW_HES (else the IP hosts of AMI_HES_PRIMARY/SECONDARY),
+                                            AMI_ALLOW_MESH (required: empty would drop every meter; ::/0,0.0.0.0/0
+                                            admits all), AMI_ALLOW_MGMT (empty: the editor from loopback only;
+                                            loopback is always accepted). Ports: mesh AMI_MESH_PORT (5683), admin
+                                            AMI_HTTP_PORT (1880), DLMS 4059 (TCP and UDP), OpenVPN management the
+                                            port of a host:port AMI_BACKHAUL_MGMT, backhaul CoAP only when given.
+                                            Exit 1 nft refused the ruleset (rolled back) or drift, 2 a bad address,
+                                            3 no nft, or not root / without CAP_NET_ADMIN (the in-process
+                                            allowlists keep working)
   ami-gateway hash-password                 read a password on stdin, print its bcrypt hash for adminUsers
   ami-gateway --version
 
-Exit codes: 0 ok, 1 failure (status: gateway degraded), 2 usage or configuration error, 3 gateway unreachable.
+Exit codes: 0 ok, 1 failure (status: gateway degraded), 2 usage or configuration error, 3 gateway unreachable
+(firewall: 3 no nft or no permission).
 See README.md for the environment variables.`;
 
 /** Stops `stop` on SIGTERM or SIGINT, exiting 0 if it finishes within the deadline, 1 otherwise. */
@@ -431,6 +449,18 @@ export async function main(argv: string[]): Promise<number | undefined> {
           return result.exitCode;
         } catch (err) {
           if (err instanceof RelayUsageError) throw new UsageError(err.message);
+          throw err;
+        }
+      }
+      case 'firewall': {
+        const { firewallCommand, firewallDefaultsFromEnv, FirewallUsageError } = await import('./cli-firewall.js');
+        try {
+          const result = await firewallCommand(rest, firewallDefaultsFromEnv(process.env, loadConfig()));
+          // Reports (rulesets, drift) go to stdout, also with exit code 1; errors ("ami-gateway: ...") to stderr.
+          (result.output.startsWith('ami-gateway:') ? process.stderr : process.stdout).write(`${result.output}\n`);
+          return result.exitCode;
+        } catch (err) {
+          if (err instanceof FirewallUsageError) throw new UsageError(err.message);
           throw err;
         }
       }
