@@ -186,3 +186,16 @@ export interface RelayServiceNode extends Node {
   /** The audit logs' folder. */
   readonly logsDir: string;
 }
+
+/** What a `firewall` node sees of its `ami-allowlist` config node: the allowlists, stated once. */
+export interface AllowlistNode extends Node {
+  /** Adds a user: it gets the allowlist's status (a red ring while its configuration is bad). */
+  register(user: Node): void;
+  deregister(user: Node): Promise<void>;
+  /**
+   * The firewall configuration (parsed with parseFirewallConfig): the lists and
+   * ports of the node, those left empty taken from its HES and mesh endpoints.
+   * Throws a FirewallError BAD_CONFIG when it is not valid.
+   */
+  config(): import('../../src/firewall/ruleset.js').FirewallConfig;
+}

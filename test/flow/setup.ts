@@ -29,6 +29,8 @@ export const nodes = {
   hesCommands: requireFromHere(path.join(DIST, 'nodes/ami-hes-commands/ami-hes-commands.js')) as NodeModule,
   relay: requireFromHere(path.join(DIST, 'nodes/ami-relay/ami-relay.js')) as NodeModule,
   relayCommand: requireFromHere(path.join(DIST, 'nodes/ami-relay-command/ami-relay-command.js')) as NodeModule,
+  allowlist: requireFromHere(path.join(DIST, 'nodes/ami-allowlist/ami-allowlist.js')) as NodeModule,
+  firewall: requireFromHere(path.join(DIST, 'nodes/ami-firewall/ami-firewall.js')) as NodeModule,
 };
 export const allNodes = Object.values(nodes);
 

@@ -75,15 +75,17 @@ describe('the npm package installed into a plain Node-RED', () => {
     expect(packedFiles.filter((file) => file.startsWith('test/'))).toEqual([]);
   });
 
-  it('registers our fifteen node types, enabled and without load errors', async () => {
+  it('registers our seventeen node types, enabled and without load errors', async () => {
     const response = await fetch(`${baseUrl}/nodes`, { headers: { accept: 'application/json' } });
     const sets = (await response.json()) as Array<{ module: string; types: string[]; enabled: boolean; err?: string }>;
     const ours = sets.filter((set) => set.module === 'node-red-contrib-ami-gateway');
     expect(ours.flatMap((set) => set.types).sort()).toEqual([
+      'ami-allowlist',
       'ami-backhaul',
       'ami-backhaul-status',
       'ami-dlms-decode',
       'ami-dlms-encode',
+      'ami-firewall',
       'ami-hes-commands',
       'ami-hes-endpoint',
       'ami-hes-out',
