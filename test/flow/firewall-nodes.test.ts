@@ -1,9 +1,9 @@
-import { spawnSync } from 'node:child_process';
 import { createRequire } from 'node:module';
 import path from 'node:path';
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, expect, it } from 'vitest';
 import type { NodeStatus } from 'node-red';
-import { createNamespace, namespaceSupportProblem, removeStaleNamespaces, uniqueName, type Namespace } from '../helpers/netns.js';
+import type { CommandResult } from '../helpers/netns.js';
+import { describeWithNft, nftIn, nftSupport, useNamespace } from '../helpers/nft.js';
 import { freeUdpPort } from '../helpers/ports.js';
 import { DIST, initHelper, nodes } from './setup.js';
 
@@ -21,16 +21,7 @@ const firewallNode = requireFromHere(path.join(DIST, 'nodes/ami-firewall/ami-fir
 const catchNode = requireFromHere('@node-red/nodes/core/common/25-catch.js') as NodeModule;
 const flowNodes = [nodes.meshEndpoint, allowlistNode, firewallNode, catchNode];
 
-function supportProblem(): string | undefined {
-  const ns = namespaceSupportProblem();
-  if (ns !== undefined) return ns;
-  if (spawnSync('nft', ['--version'], { stdio: 'ignore' }).status !== 0) return 'nft (nftables) is not installed';
-  return undefined;
-}
-
-const problem = supportProblem();
-if (problem !== undefined && process.env.CI) throw new Error(`the firewall node test cannot run in CI: ${problem}`);
-if (problem !== undefined) console.warn(`firewall-nodes: SKIPPED: ${problem}`);
+const problem = nftSupport('firewall-nodes');
 
 const helper = initHelper();
 const TAB = { id: 'f1', type: 'tab', label: 'firewall' };
@@ -76,27 +67,12 @@ function errorCalls(nodeId: string): unknown[][] {
   return (nodeOf(nodeId).error as unknown as { args: unknown[][] }).args;
 }
 
-describe.skipIf(problem !== undefined)(`firewall nodes under real nftables${problem ? ` (SKIPPED: ${problem})` : ''}`, () => {
-  let ns: Namespace | undefined;
+describeWithNft(problem, 'firewall nodes under real nftables', () => {
+  const the = useNamespace('fwn');
   let meshPort = 0;
 
-  beforeAll(async () => {
-    await removeStaleNamespaces();
-    ns = await createNamespace(uniqueName('fwn'));
-  });
-
-  afterAll(async () => {
-    await ns?.remove();
-  });
-
-  function the(): Namespace {
-    if (!ns) throw new Error('beforeAll did not finish');
-    return ns;
-  }
-
-  async function nft(...args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-    return the().exec('nft', args);
-  }
+  /** nft in the namespace, never rejecting for a non-zero exit (30 s limit, run()'s default). */
+  const nft = (...args: string[]): Promise<CommandResult> => nftIn(the(), args, undefined, 30_000);
 
   beforeEach(async () => {
     meshPort = await freeUdpPort();

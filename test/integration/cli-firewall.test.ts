@@ -1,4 +1,4 @@
-import { execFile, spawnSync } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -6,7 +6,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { firewallCommand, FirewallUsageError, type FirewallDefaults } from '../../src/appliance/cli-firewall.js';
 import { parseFirewallConfig, renderRuleset } from '../../src/firewall/ruleset.js';
 import { CLI, REPO_ROOT } from '../helpers/appliance.js';
-import { createNamespace, namespaceSupportProblem, removeStaleNamespaces, uniqueName, type CommandResult, type Namespace } from '../helpers/netns.js';
+import type { CommandResult } from '../helpers/netns.js';
+import { describeWithNft, nftOkIn, nftSupport, useNamespace } from '../helpers/nft.js';
 
 /**
  * `ami-gateway firewall render|apply|verify|remove`. render and the usage
@@ -201,19 +202,10 @@ describe('ami-gateway firewall apply|verify|remove against a fake nft', () => {
   });
 });
 
-function supportProblem(): string | undefined {
-  const ns = namespaceSupportProblem();
-  if (ns !== undefined) return ns;
-  if (spawnSync('nft', ['--version'], { stdio: 'ignore' }).status !== 0) return 'nft (nftables) is not installed';
-  return undefined;
-}
+const problem = nftSupport('cli-firewall (namespace tests)');
 
-const problem = supportProblem();
-if (problem !== undefined && process.env.CI) throw new Error(`the firewall CLI integration test cannot run in CI: ${problem}`);
-if (problem !== undefined) console.warn(`cli-firewall: namespace tests SKIPPED: ${problem}`);
-
-describe.skipIf(problem !== undefined)(`ami-gateway firewall under real nftables in a network namespace${problem ? ` (SKIPPED: ${problem})` : ''}`, () => {
-  let ns: Namespace | undefined;
+describeWithNft(problem, 'ami-gateway firewall under real nftables in a network namespace', () => {
+  const the = useNamespace('fwcli');
   const options = [
     '--allow-hes', '192.0.2.10,2001:db8:100::/48',
     '--allow-mesh', 'fd00:1::/64',
@@ -221,31 +213,14 @@ describe.skipIf(problem !== undefined)(`ami-gateway firewall under real nftables
     '--allow-mgmt', '198.51.100.0/24',
   ];
 
-  beforeAll(async () => {
-    await removeStaleNamespaces();
-    ns = await createNamespace(uniqueName('fwcli'));
-  });
-
-  afterAll(async () => {
-    await ns?.remove();
-  });
-
-  function the(): Namespace {
-    if (!ns) throw new Error('beforeAll did not finish');
-    return ns;
-  }
-
   /** The whole CLI process inside the namespace, with a clean AMI_* environment. */
   function cli(args: string[], envExtra: string[] = []): Promise<CommandResult> {
     const env = Object.entries(cleanEnv()).map(([key, value]) => `${key}=${value ?? ''}`);
     return the().exec('/usr/bin/env', ['-i', ...env, ...envExtra, process.execPath, CLI, 'firewall', ...args], { timeoutMs: 60_000 });
   }
 
-  async function nft(...args: string[]): Promise<string> {
-    const result = await the().exec('nft', args);
-    if (result.code !== 0) throw new Error(`nft ${args.join(' ')} exited ${result.code}: ${result.stderr.trim()}`);
-    return result.stdout;
-  }
+  /** nft in the namespace, rejecting with its message on failure (30 s limit, run()'s default). */
+  const nft = (...args: string[]): Promise<string> => nftOkIn(the(), args, undefined, 30_000);
 
   it('apply, verify, drift on a flushed set (exit 1), repair, remove, and verify of a missing table', async () => {
     await the().exec('nft', ['-f', '-'], { input: 'table inet other { chain c { type filter hook input priority 0; }; }\n' });
@@ -315,12 +290,20 @@ describe.skipIf(problem !== undefined)(`ami-gateway firewall under real nftables
     expect(noNft.stderr).toContain('NO_NFT');
     expect(noNft.stderr).toContain('needs root or CAP_NET_ADMIN; the in-process allowlists keep working');
 
-    const env = Object.entries(cleanEnv()).map(([key, value]) => `${key}=${value ?? ''}`);
-    const unprivileged = await the().exec(
-      '/usr/bin/setpriv',
-      ['--reuid=65534', '--regid=65534', '--clear-groups', '/usr/bin/env', '-i', ...env, 'HOME=/tmp', process.execPath, CLI, 'firewall', 'apply', ...options],
-      { timeoutMs: 60_000 },
-    );
+    // The gateway process stays root; only nft runs without privileges, through an `nft` on PATH that drops them
+    // (node itself may live where an unprivileged user cannot execute it, as in the Node-RED 5 leg's toolchain).
+    const wrapperDir = mkdtempSync(path.join(tmpdir(), 'ami-nft-unpriv-'));
+    let unprivileged: CommandResult;
+    try {
+      writeFileSync(
+        path.join(wrapperDir, 'nft'),
+        '#!/bin/sh\nexec /usr/bin/setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all /usr/sbin/nft "$@"\n',
+      );
+      chmodSync(path.join(wrapperDir, 'nft'), 0o755);
+      unprivileged = await cli(['apply', ...options], [`PATH=${wrapperDir}:/usr/bin:/bin`]);
+    } finally {
+      rmSync(wrapperDir, { recursive: true, force: true });
+    }
     expect(unprivileged.code, unprivileged.stderr).toBe(3);
     expect(unprivileged.stderr).toContain('NO_PERMISSION');
     expect(unprivileged.stderr).toContain('needs root or CAP_NET_ADMIN; the in-process allowlists keep working');

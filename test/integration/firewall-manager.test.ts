@@ -15,7 +15,8 @@ import {
   type FirewallConfig,
   type NftCommand,
 } from '../../src/firewall/index.js';
-import { createNamespace, namespaceSupportProblem, removeStaleNamespaces, uniqueName, type CommandResult, type Namespace } from '../helpers/netns.js';
+import { createNamespace, removeStaleNamespaces, uniqueName, type CommandResult, type Namespace } from '../helpers/netns.js';
+import { describeWithNft, nftIn as nftInNamespace, nftOkIn, nftSupport, sampleFirewallConfig as baseConfig } from '../helpers/nft.js';
 
 /**
  * FirewallManager and NftRunner against the real nft (issue 7), each test in
@@ -26,27 +27,9 @@ import { createNamespace, namespaceSupportProblem, removeStaleNamespaces, unique
  * everywhere.
  */
 
-function supportProblem(): string | undefined {
-  const ns = namespaceSupportProblem();
-  if (ns !== undefined) return ns;
-  if (spawnSync('nft', ['--version'], { stdio: 'ignore' }).status !== 0) return 'nft (nftables) is not installed';
-  return undefined;
-}
-
-const problem = supportProblem();
-if (problem !== undefined && process.env.CI) throw new Error(`the nftables manager test cannot run in CI: ${problem}`);
-if (problem !== undefined) console.warn(`firewall-manager: SKIPPED: ${problem}`);
+const problem = nftSupport('firewall-manager');
 
 const setprivWorks = problem === undefined && spawnSync('setpriv', ['--version'], { stdio: 'ignore' }).status === 0;
-
-const ports = { meshCoap: 5683, backhaulCoap: 5684, dlms: 4059, admin: 1880, openvpnMgmt: 7505 };
-
-const baseConfig: FirewallConfig = parseFirewallConfig({
-  hes: ['192.0.2.10', '203.0.113.0/24', '2001:db8:100::/48', '2001:db8:200::7'],
-  mesh: ['fd00:1::/64', 'fd00:2::/64', '10.20.0.0/16'],
-  mgmt: ['198.51.100.0/24', 'fd99::/16'],
-  ports,
-});
 
 const otherConfig: FirewallConfig = parseFirewallConfig({
   hes: ['192.0.2.99'],
@@ -73,7 +56,7 @@ async function rejection(promise: Promise<unknown>): Promise<FirewallError> {
   throw new Error('expected a rejection');
 }
 
-describe.skipIf(problem !== undefined)(`FirewallManager under real nftables${problem ? ` (SKIPPED: ${problem})` : ''}`, () => {
+describeWithNft(problem, 'FirewallManager under real nftables', () => {
   let ns: Namespace | undefined;
   const managers: FirewallManager[] = [];
 
@@ -110,15 +93,8 @@ describe.skipIf(problem !== undefined)(`FirewallManager under real nftables${pro
     return made;
   }
 
-  async function nft(args: string[], input?: string): Promise<CommandResult> {
-    return the().exec('nft', args, input === undefined ? { timeoutMs: 60_000 } : { timeoutMs: 60_000, input });
-  }
-
-  async function nftOk(args: string[], input?: string): Promise<string> {
-    const result = await nft(args, input);
-    if (result.code !== 0) throw new Error(`nft ${args.join(' ')} exited ${result.code}: ${result.stderr.trim()}`);
-    return result.stdout;
-  }
+  const nft = (args: string[], input?: string): Promise<CommandResult> => nftInNamespace(the(), args, input);
+  const nftOk = (args: string[], input?: string): Promise<string> => nftOkIn(the(), args, input);
 
   /** Compares the table in the namespace with `config`, independently of the manager. */
   async function inForce(config: FirewallConfig): Promise<{ ok: boolean; differences: string[] }> {

@@ -1,7 +1,7 @@
-import { spawnSync } from 'node:child_process';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import { compareWithNftJson, parseFirewallConfig, renderRuleset, type FirewallConfig } from '../../src/firewall/index.js';
-import { createNamespace, namespaceSupportProblem, removeStaleNamespaces, uniqueName, type CommandResult, type Namespace } from '../helpers/netns.js';
+import type { CommandResult } from '../helpers/netns.js';
+import { describeWithNft, nftIn, nftOkIn, nftSupport, sampleFirewallConfig as baseConfig, useNamespace } from '../helpers/nft.js';
 
 /**
  * The rendered ruleset against the real nft (Debian's nftables package), in
@@ -10,52 +10,12 @@ import { createNamespace, namespaceSupportProblem, removeStaleNamespaces, unique
  * elsewhere, but never under CI (CI set), where it fails instead.
  */
 
-function supportProblem(): string | undefined {
-  const ns = namespaceSupportProblem();
-  if (ns !== undefined) return ns;
-  if (spawnSync('nft', ['--version'], { stdio: 'ignore' }).status !== 0) return 'nft (nftables) is not installed';
-  return undefined;
-}
+const problem = nftSupport('firewall-nft');
 
-const problem = supportProblem();
-if (problem !== undefined && process.env.CI) throw new Error(`the nftables integration test cannot run in CI: ${problem}`);
-if (problem !== undefined) console.warn(`firewall-nft: SKIPPED: ${problem}`);
-
-const ports = { meshCoap: 5683, backhaulCoap: 5684, dlms: 4059, admin: 1880, openvpnMgmt: 7505 };
-
-const baseConfig: FirewallConfig = parseFirewallConfig({
-  hes: ['192.0.2.10', '203.0.113.0/24', '2001:db8:100::/48', '2001:db8:200::7'],
-  mesh: ['fd00:1::/64', 'fd00:2::/64', '10.20.0.0/16'],
-  mgmt: ['198.51.100.0/24', 'fd99::/16'],
-  ports,
-});
-
-describe.skipIf(problem !== undefined)(`the ruleset under real nftables${problem ? ` (SKIPPED: ${problem})` : ''}`, () => {
-  let ns: Namespace | undefined;
-
-  beforeAll(async () => {
-    await removeStaleNamespaces();
-    ns = await createNamespace(uniqueName('fw'));
-  });
-
-  afterAll(async () => {
-    await ns?.remove();
-  });
-
-  function the(): Namespace {
-    if (!ns) throw new Error('beforeAll did not finish');
-    return ns;
-  }
-
-  async function nft(args: string[], input?: string): Promise<CommandResult> {
-    return the().exec('nft', args, input === undefined ? { timeoutMs: 60_000 } : { timeoutMs: 60_000, input });
-  }
-
-  async function nftOk(args: string[], input?: string): Promise<string> {
-    const result = await nft(args, input);
-    if (result.code !== 0) throw new Error(`nft ${args.join(' ')} exited ${result.code}: ${result.stderr.trim()}`);
-    return result.stdout;
-  }
+describeWithNft(problem, 'the ruleset under real nftables', () => {
+  const the = useNamespace('fw');
+  const nft = (args: string[], input?: string): Promise<CommandResult> => nftIn(the(), args, input);
+  const nftOk = (args: string[], input?: string): Promise<string> => nftOkIn(the(), args, input);
 
   async function apply(script: string): Promise<void> {
     await nftOk(['-f', '-'], script);

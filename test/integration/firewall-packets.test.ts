@@ -1,7 +1,8 @@
 import { spawnSync, type ChildProcess } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { compareWithNftJson, parseFirewallConfig, renderRuleset, type FirewallConfig } from '../../src/firewall/index.js';
-import { createNamespace, namespaceSupportProblem, removeStaleNamespaces, runOk, uniqueName, type CommandResult, type Namespace } from '../helpers/netns.js';
+import { createNamespace, removeStaleNamespaces, runOk, uniqueName, type CommandResult, type Namespace } from '../helpers/netns.js';
+import { describeWithNft, nftOkIn, nftSupport } from '../helpers/nft.js';
 
 /**
  * Real packets through the rendered ruleset under the real nft (issue 7):
@@ -21,10 +22,8 @@ import { createNamespace, namespaceSupportProblem, removeStaleNamespaces, runOk,
  * test name) elsewhere, but never under CI (CI set), where it fails instead.
  */
 
-function supportProblem(): string | undefined {
-  const ns = namespaceSupportProblem();
-  if (ns !== undefined) return ns;
-  if (spawnSync('nft', ['--version'], { stdio: 'ignore' }).status !== 0) return 'nft (nftables) is not installed';
+/** What this test needs beyond namespaces and nft: libcoap's client and server, and ss. */
+function toolProblem(): string | undefined {
   for (const tool of ['coap-client-notls', 'coap-server-notls']) {
     if (spawnSync('which', [tool], { stdio: 'ignore' }).status !== 0) return `${tool} (libcoap3-bin) is not installed`;
   }
@@ -32,9 +31,7 @@ function supportProblem(): string | undefined {
   return undefined;
 }
 
-const problem = supportProblem();
-if (problem !== undefined && process.env.CI) throw new Error(`the nftables packet test cannot run in CI: ${problem}`);
-if (problem !== undefined) console.warn(`firewall-packets: SKIPPED: ${problem}`);
+const problem = nftSupport('firewall-packets', toolProblem);
 
 const MESH_PORT = 5683;
 const ADMIN_PORT = 1880;
@@ -94,7 +91,7 @@ function stopProcess(child: ChildProcess | undefined): Promise<void> {
   });
 }
 
-describe.skipIf(problem !== undefined)(`real packets through the ruleset${problem ? ` (SKIPPED: ${problem})` : ''}`, () => {
+describeWithNft(problem, 'real packets through the ruleset', () => {
   let gw: Namespace | undefined;
   let client: Namespace | undefined;
   const children: ChildProcess[] = [];
@@ -115,8 +112,7 @@ describe.skipIf(problem !== undefined)(`real packets through the ruleset${proble
     await gw.ip('link', 'set', 'gw0', 'up');
     await client.ip('link', 'set', 'cl0', 'up');
 
-    const applied = await gw.exec('nft', ['-f', '-'], { timeoutMs: 60_000, input: renderRuleset(config) });
-    if (applied.code !== 0) throw new Error(`nft -f - exited ${applied.code}: ${applied.stderr.trim()}`);
+    await nftOkIn(gw, ['-f', '-'], renderRuleset(config));
     const readBack = compareWithNftJson(config, await listOurs());
     if (!readBack.ok) throw new Error(`the applied ruleset does not read back as intended: ${readBack.differences.join('; ')}`);
 
@@ -152,9 +148,7 @@ describe.skipIf(problem !== undefined)(`real packets through the ruleset${proble
   }
 
   async function listOurs(): Promise<unknown> {
-    const listed = await the(gw).exec('nft', ['-j', 'list', 'table', 'inet', 'ami_gateway'], { timeoutMs: 60_000 });
-    if (listed.code !== 0) throw new Error(`nft -j list table exited ${listed.code}: ${listed.stderr.trim()}`);
-    return JSON.parse(listed.stdout) as unknown;
+    return JSON.parse(await nftOkIn(the(gw), ['-j', 'list', 'table', 'inet', 'ami_gateway'])) as unknown;
   }
 
   /** Packets counted so far by the drop rule with this comment. */
