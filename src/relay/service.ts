@@ -290,7 +290,11 @@ export class RelayService extends EventEmitter<RelayServiceEvents> {
         this.schedule(entry);
         continue;
       }
-      tried.push(this.dispatch(entry.command.id));
+      const attempt = this.dispatch(entry.command.id);
+      // Handled here at once: if the service closes while the loop still awaits the journal, this promise
+      // rejects (CLOSED) before Promise.all below gets to it, which would be an unhandled rejection.
+      attempt.catch(() => undefined);
+      tried.push(attempt);
     }
     const runs = (await this.journal.runs()).filter((run) => !run.finished).map((run) => this.startRun(run));
     const [results] = await Promise.all([Promise.all(tried), Promise.all(runs)]);
