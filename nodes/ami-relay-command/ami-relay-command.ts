@@ -361,11 +361,12 @@ export = function register(RED: NodeAPI): void {
   RED.nodes.registerType('ami-relay-command', AmiRelayCommand);
 };
 
-/** Ids of unfinished commands issued by `origin` (from the journal). */
+/** Ids of unfinished commands issued by `origin`: only the unfinished entries are read, not the whole journal. */
 async function unfinishedOfOrigin(service: import('../../src/relay/service.js').RelayService, origin: string): Promise<string[]> {
   const ids: string[] = [];
-  for await (const entry of service.entries()) {
-    if (entry.phase !== 'done' && entry.command.origin === origin) ids.push(entry.command.id);
+  for (const id of service.unfinishedIds()) {
+    const entry = await service.status(id);
+    if (entry && entry.phase !== 'done' && entry.command.origin === origin) ids.push(id);
   }
   return ids;
 }

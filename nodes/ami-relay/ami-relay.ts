@@ -109,8 +109,8 @@ export = function register(RED: NodeAPI): void {
     Object.defineProperty(node, 'concurrency', { value: settings?.concurrency ?? 64, enumerable: true });
 
     let closed = false;
-    let waiting = 0;
-    let running = 0;
+    /** Set once the service is open: registry events before that find nothing waiting anyway (resume() runs at open). */
+    let openService: RelayService | undefined;
     let reportProblem: string | undefined;
     const showStatus = (): void => {
       if (closed) return;
@@ -122,6 +122,9 @@ export = function register(RED: NodeAPI): void {
         users.status({ fill: 'yellow', shape: 'ring', text: 'ami-relay.status.no-hes' });
         return;
       }
+      // Counted by the service itself (commands in progress, unfinished ones), read when the status is drawn.
+      const running = openService?.runningCount() ?? 0;
+      const waiting = openService?.waitingCount() ?? 0;
       if (running > 0) users.status({ fill: 'blue', shape: 'dot', text: RED._('ami-relay.status.working', { running, waiting }) });
       else if (waiting > 0) users.status({ fill: 'yellow', shape: 'dot', text: RED._('ami-relay.status.idle-waiting', { waiting }) });
       else users.status({ fill: 'green', shape: 'dot', text: hes ? 'ami-relay.status.ready' : 'ami-relay.status.no-hes' });
@@ -156,8 +159,6 @@ export = function register(RED: NodeAPI): void {
     // A stand-in user of the mesh endpoint: it pushes its own status to users, which must not paint this config node.
     const meshUser = Object.assign(Object.create(node) as Node, { status: () => undefined });
     let meshRegistered = false;
-    /** Set once the service is open: registry events before that find nothing waiting anyway (resume() runs at open). */
-    let openService: RelayService | undefined;
     // A meter that registers again (after an outage, a power cut) runs its waiting commands now. The endpoint
     // forwards its registry's events to users, also when the registry loads after this node registered.
     const onRegistryEvent = (event: MeshRegistryEvent): void => {
@@ -229,7 +230,6 @@ export = function register(RED: NodeAPI): void {
                 }
               };
               service.on('result', (result) => {
-                waiting = countWaiting(service);
                 each((l) => l.result?.(result));
                 showStatus();
               });
@@ -238,9 +238,9 @@ export = function register(RED: NodeAPI): void {
               service.on('alarmCleared', (alarm, by) => node.log(RED._('ami-relay.log.cleared', { code: alarm.code, meter: alarm.meter, operator: by.operator })));
               openService = service;
               reporter?.start();
-              const unfinished = (await journal.unfinished()).length;
+              // RelayService.open read the journal's unfinished commands already.
+              const unfinished = service.waitingCount();
               if (unfinished > 0) node.log(RED._('ami-relay.log.resumed', { count: unfinished }));
-              waiting = unfinished;
               void service.resume().catch((err: Error) => {
                 if (!closed) node.error(`resume: ${err.message}`);
               });
@@ -262,10 +262,6 @@ export = function register(RED: NodeAPI): void {
       },
     );
 
-    const trackRunning = (service: RelayService): void => {
-      running = countRunning(service);
-    };
-
     node.register = (user, userListeners) => {
       listeners.set(user.id, userListeners);
       users.register(user);
@@ -276,9 +272,7 @@ export = function register(RED: NodeAPI): void {
       users.deregister(user);
     };
     node.service = async () => {
-      const open = await opening;
-      trackRunning(open.service);
-      return open.service;
+      return (await opening).service;
     };
     node.authorizeLocal = async (operator, totp): Promise<RelayAuthorization> => {
       const granted = await operatorStore().authorize(operator, totp);
@@ -340,11 +334,3 @@ export = function register(RED: NodeAPI): void {
   }
   RED.nodes.registerType('ami-relay', AmiRelay);
 };
-
-function countWaiting(service: RelayService): number {
-  return service.waitingCount();
-}
-
-function countRunning(service: RelayService): number {
-  return service.runningCount();
-}

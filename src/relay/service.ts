@@ -317,6 +317,11 @@ export class RelayService extends EventEmitter<RelayServiceEvents> {
     return [...(this.unfinishedByMeter.get(meter) ?? [])];
   }
 
+  /** Ids of every unfinished command (waiting or in progress), from memory. */
+  unfinishedIds(): string[] {
+    return [...this.unfinishedByMeter.values()].flatMap((ids) => [...ids]);
+  }
+
   /** Unfinished commands (waiting or in progress). */
   waitingCount(): number {
     let count = 0;

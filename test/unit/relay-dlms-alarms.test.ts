@@ -5,7 +5,6 @@
  * through the gateway's keyring and a real MeshClient on loopback.
  */
 import { afterEach, describe, expect, it } from 'vitest';
-import { decodeApdu, encodeApdu, type GetDataResult, type XdlmsApdu } from '../../src/dlms/apdu.js';
 import {
   ALARM_REGISTER,
   alarmRegisterRequest,
@@ -16,27 +15,8 @@ import {
 } from '../../src/relay/dlms-port.js';
 import { RelayPortError, TAMPER_ALARM_BIT } from '../../src/relay/types.js';
 import { ALARM_BIT, ALARM_REGISTER_OBIS, DATA_CLASS_ID, type FaultAssignment } from '../../src/sim/relay.js';
+import { getResponse, portError, setResponse, wire } from '../helpers/dlms-wire.js';
 import { startRelayMeterRig, type RelayMeterRig } from '../helpers/relay-rig.js';
-
-function portError(fn: () => unknown): RelayPortError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).toBeInstanceOf(RelayPortError);
-    return err as RelayPortError;
-  }
-  throw new Error('expected a RelayPortError');
-}
-
-/** Through the codec and back, as it goes on the wire. */
-function wire(apdu: XdlmsApdu): XdlmsApdu {
-  return decodeApdu(encodeApdu(apdu));
-}
-
-const getResponse = (invokeId: number, result: GetDataResult): XdlmsApdu =>
-  wire({ type: 'get-response', invokeIdAndPriority: invokeIdAndPriority(invokeId), result });
-const setResponse = (invokeId: number, result: number): XdlmsApdu =>
-  wire({ type: 'set-response', invokeIdAndPriority: invokeIdAndPriority(invokeId), result });
 
 describe('relay DLMS port: alarm register requests', () => {
   it('names the object the simulated meter serves', () => {

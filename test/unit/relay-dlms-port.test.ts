@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { MeshRequestError } from '../../src/coap/client/errors.js';
-import { decodeApdu, encodeApdu, type GetDataResult, type XdlmsApdu } from '../../src/dlms/apdu.js';
+import { encodeApdu } from '../../src/dlms/apdu.js';
 import { DlmsError } from '../../src/dlms/errors.js';
 import {
   actionOutcome,
@@ -19,26 +19,7 @@ import {
   supplyVoltageRequest,
 } from '../../src/relay/dlms-port.js';
 import { RelayPortError, type RelayPortErrorCode } from '../../src/relay/types.js';
-
-function portError(fn: () => unknown): RelayPortError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).toBeInstanceOf(RelayPortError);
-    return err as RelayPortError;
-  }
-  throw new Error('expected a RelayPortError');
-}
-
-/** Through the codec and back, as it goes on the wire. */
-function wire(apdu: XdlmsApdu): XdlmsApdu {
-  return decodeApdu(encodeApdu(apdu));
-}
-
-const getResponse = (invokeId: number, result: GetDataResult): XdlmsApdu =>
-  wire({ type: 'get-response', invokeIdAndPriority: invokeIdAndPriority(invokeId), result });
-const actionResponse = (invokeId: number, result: number): XdlmsApdu =>
-  wire({ type: 'action-response', invokeIdAndPriority: invokeIdAndPriority(invokeId), result });
+import { actionResponse, getResponse, portError, wire } from '../helpers/dlms-wire.js';
 
 describe('relay DLMS port: building requests', () => {
   it('reads control_state: class 70 0.0.96.3.10.255 attribute 3, high priority confirmed', () => {
