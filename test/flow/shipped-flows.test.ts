@@ -268,8 +268,9 @@ describe('shipped flows', () => {
       // Registered with the resource directory (at this fleet's address: the store may remember an earlier test's meter), keys synced.
       const base = fleet.meters()[0]!.base;
       await untilRegistered(meshMeterLister(() => helper.request()), fleet, (meters) => meters.some((m) => m.endpoint === RELAY_METER && m.base === base));
-      const keyring = helper.getNode('a1f0c0de0000000a') as unknown as { keyring(): Promise<{ keys: { get(title: string): unknown; size: number } }> };
-      while ((await keyring.keyring()).keys.size < 2) await new Promise((resolve) => setTimeout(resolve, 100));
+      // Keys: the keyring's own sync at start, or one asked for now (awaited, not polled).
+      const keyring = helper.getNode('a1f0c0de0000000a') as unknown as { keyring(): Promise<{ keys: { size: number } }>; syncNow(request: { force?: boolean }): Promise<unknown> };
+      while ((await keyring.keyring()).keys.size < 2) await keyring.syncNow({ force: true });
 
       const technician = hes.commands!.createOperator('Tina Technician', 'field-technician');
       const issued = hes.commands!.issue('gw-flow-test', { meter: RELAY_METER, action: 'disconnect' }, technician);
