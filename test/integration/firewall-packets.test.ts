@@ -13,10 +13,12 @@ import { describeWithNft, nftOkIn, nftSupport } from '../helpers/nft.js';
  * admin port. From the client, libcoap's coap-client-notls bound to one
  * source address or the other, and node TCP connects bound the same way.
  *
- * The mesh allowlist holds source A of each family, the management prefix
- * covers source B of each family: each source is allowlisted for exactly one
- * of the two services, so the test also shows that one list grants nothing
- * on the other's port.
+ * Every service port is probed: mesh CoAP (UDP), backhaul CoAP (UDP), DLMS
+ * 4059 (TCP and UDP), the admin port (TCP) and OpenVPN's management port
+ * (TCP). The client end has three sources per family: one in the mesh
+ * allowlist, one in the HES list, one inside the management prefix. Each is
+ * allowlisted for its own services only, so the test also shows that one
+ * list grants nothing on another list's ports.
  *
  * Needs root, iproute2, nft and libcoap3-bin; skipped (with the reason in the
  * test name) elsewhere, but never under CI (CI set), where it fails instead.
@@ -34,7 +36,10 @@ function toolProblem(): string | undefined {
 const problem = nftSupport('firewall-packets', toolProblem);
 
 const MESH_PORT = 5683;
+const BACKHAUL_PORT = 5684;
+const DLMS_PORT = 4059;
 const ADMIN_PORT = 1880;
+const OPENVPN_MGMT_PORT = 7505;
 
 interface Family {
   name: 'IPv4' | 'IPv6';
@@ -45,18 +50,20 @@ interface Family {
   /** Client source inside the management prefix, not in the mesh allowlist. */
   mgmtSource: string;
   mgmtPrefix: string;
+  /** Client source in the HES list only. */
+  hesSource: string;
 }
 
 const FAMILIES: Family[] = [
-  { name: 'IPv4', prefixLength: 24, gateway: '10.77.0.1', meshSource: '10.77.0.2', mgmtSource: '10.77.0.9', mgmtPrefix: '10.77.0.8/29' },
-  { name: 'IPv6', prefixLength: 64, gateway: 'fd77::1', meshSource: 'fd77::2', mgmtSource: 'fd77::9', mgmtPrefix: 'fd77::8/125' },
+  { name: 'IPv4', prefixLength: 24, gateway: '10.77.0.1', meshSource: '10.77.0.2', mgmtSource: '10.77.0.9', mgmtPrefix: '10.77.0.8/29', hesSource: '10.77.0.20' },
+  { name: 'IPv6', prefixLength: 64, gateway: 'fd77::1', meshSource: 'fd77::2', mgmtSource: 'fd77::9', mgmtPrefix: 'fd77::8/125', hesSource: 'fd77::20' },
 ];
 
 const config: FirewallConfig = parseFirewallConfig({
-  hes: ['192.0.2.10'],
+  hes: FAMILIES.map((f) => f.hesSource),
   mesh: FAMILIES.map((f) => f.meshSource),
   mgmt: FAMILIES.map((f) => f.mgmtPrefix),
-  ports: { meshCoap: MESH_PORT, dlms: 4059, admin: ADMIN_PORT },
+  ports: { meshCoap: MESH_PORT, backhaulCoap: BACKHAUL_PORT, dlms: DLMS_PORT, admin: ADMIN_PORT, openvpnMgmt: OPENVPN_MGMT_PORT },
 });
 
 const LIBCOAP_GREETING = 'This is a test server made with libcoap';
@@ -73,11 +80,44 @@ socket.on('end', () => { clearTimeout(timer); console.log('connected ' + data.tr
 socket.on('error', (err) => { clearTimeout(timer); console.log('error ' + err.code); });
 `;
 
-/** Run inside the gateway namespace: the stand-in for the editor/admin port (dual-stack on ::). */
-const ADMIN_LISTENER = `
+/** TCP services the gateway namespace stands in for, each greeting with its own name. */
+const TCP_SERVICES = [
+  { port: ADMIN_PORT, greeting: 'ami-admin' },
+  { port: DLMS_PORT, greeting: 'ami-dlms' },
+  { port: OPENVPN_MGMT_PORT, greeting: 'openvpn-mgmt' },
+];
+
+/**
+ * Run inside the gateway namespace: a dual-stack listener per TCP service on
+ * ::, and a UDP echo on the DLMS port (libcoap's server would also take TCP
+ * 4059), "listening" once all are bound.
+ */
+const LISTENERS = `
 const net = require('node:net');
-net.createServer((socket) => socket.end('ami-admin\\n')).listen(${ADMIN_PORT}, '::', () => console.log('listening'));
+const dgram = require('node:dgram');
+const services = ${JSON.stringify(TCP_SERVICES)};
+let bound = 0;
+const ready = () => { bound += 1; if (bound === services.length + 1) console.log('listening'); };
+for (const { port, greeting } of services) {
+  net.createServer((socket) => socket.end(greeting + '\\n')).listen(port, '::', ready);
+}
+const udp = dgram.createSocket({ type: 'udp6', ipv6Only: false });
+udp.on('message', (msg, peer) => udp.send('ami-dlms-udp', peer.port, peer.address));
+udp.bind(${DLMS_PORT}, '::', ready);
 `;
+
+/** Run inside the client namespace: one datagram from a source address, then the answer or "timeout". */
+const UDP_PROBE = `
+const dgram = require('node:dgram');
+const [host, port, localAddress, ms] = process.argv.slice(1);
+const socket = dgram.createSocket(host.includes(':') ? 'udp6' : 'udp4');
+const timer = setTimeout(() => { console.log('timeout'); socket.close(); }, Number(ms));
+socket.on('message', (msg) => { clearTimeout(timer); console.log('answer ' + msg); socket.close(); });
+socket.bind(0, localAddress, () => socket.send('probe', Number(port), host));
+`;
+
+/** UDP ports a libcoap server answers on in the gateway namespace. */
+const COAP_PORTS = [MESH_PORT, BACKHAUL_PORT];
 
 function uriHost(address: string): string {
   return address.includes(':') ? `[${address}]` : address;
@@ -108,6 +148,7 @@ describeWithNft(problem, 'real packets through the ruleset', () => {
       await gw.ip('addr', 'add', `${f.gateway}/${f.prefixLength}`, 'dev', 'gw0', ...extra);
       await client.ip('addr', 'add', `${f.meshSource}/${f.prefixLength}`, 'dev', 'cl0', ...extra);
       await client.ip('addr', 'add', `${f.mgmtSource}/${f.prefixLength}`, 'dev', 'cl0', ...extra);
+      await client.ip('addr', 'add', `${f.hesSource}/${f.prefixLength}`, 'dev', 'cl0', ...extra);
     }
     await gw.ip('link', 'set', 'gw0', 'up');
     await client.ip('link', 'set', 'cl0', 'up');
@@ -117,11 +158,13 @@ describeWithNft(problem, 'real packets through the ruleset', () => {
     if (!readBack.ok) throw new Error(`the applied ruleset does not read back as intended: ${readBack.differences.join('; ')}`);
 
     // libcoap's server: without -A it listens on [::]:PORT, dual-stack.
-    const coap = gw.spawn('coap-server-notls', ['-p', String(MESH_PORT), '-v', '0'], { stdio: 'ignore' });
-    children.push(coap);
-    await udpBound(gw, MESH_PORT, coap);
+    for (const port of COAP_PORTS) {
+      const coap = gw.spawn('coap-server-notls', ['-p', String(port), '-v', '0'], { stdio: 'ignore' });
+      children.push(coap);
+      await udpBound(gw, port, coap);
+    }
 
-    const admin = gw.spawn(process.execPath, ['-e', ADMIN_LISTENER]);
+    const admin = gw.spawn(process.execPath, ['-e', LISTENERS]);
     children.push(admin);
     await new Promise<void>((resolve, reject) => {
       let out = '';
@@ -131,7 +174,7 @@ describeWithNft(problem, 'real packets through the ruleset', () => {
         if (out.includes('listening')) resolve();
       });
       admin.stderr?.on('data', (chunk: Buffer) => (err += String(chunk)));
-      admin.once('exit', (code) => reject(new Error(`the admin listener exited ${code}: ${err.trim()}`)));
+      admin.once('exit', (code) => reject(new Error(`the TCP/UDP listeners exited ${code}: ${err.trim()}`)));
     });
   });
 
@@ -181,56 +224,102 @@ describeWithNft(problem, 'real packets through the ruleset', () => {
    * output: the server's greeting, or nothing. `-B` ends its wait after that
    * many seconds when no answer comes.
    */
-  async function coapGet(source: string, target: string, waitSeconds: number): Promise<CommandResult> {
+  async function coapGet(source: string, target: string, port: number, waitSeconds: number): Promise<CommandResult> {
     const result = await the(client).exec(
       'coap-client-notls',
-      ['-a', source, '-B', String(waitSeconds), '-m', 'get', `coap://${uriHost(target)}:${MESH_PORT}/`],
+      ['-a', source, '-B', String(waitSeconds), '-m', 'get', `coap://${uriHost(target)}:${port}/`],
       { timeoutMs: (waitSeconds + 10) * 1000 },
     );
     expect(result.code, `coap-client-notls: ${result.stderr}`).toBe(0);
     return result;
   }
 
-  /** A TCP connect to the admin port from `source`; resolves with "connected <greeting>", "timeout" or "error <code>". */
-  async function tcpConnect(source: string, target: string, timeoutMs: number): Promise<string> {
-    const result = await the(client).exec(process.execPath, ['-e', TCP_PROBE, target, String(ADMIN_PORT), source, String(timeoutMs)], {
+  /** One datagram to the DLMS/UDP echo from `source`: "answer ami-dlms-udp" or "timeout". */
+  async function udpEcho(source: string, target: string, timeoutMs: number): Promise<string> {
+    const result = await the(client).exec(process.execPath, ['-e', UDP_PROBE, target, String(DLMS_PORT), source, String(timeoutMs)], {
+      timeoutMs: timeoutMs + 10_000,
+    });
+    expect(result.code, `udp probe: ${result.stderr}`).toBe(0);
+    return result.stdout.trim();
+  }
+
+  /** A TCP connect to `port` from `source`; resolves with "connected <greeting>", "timeout" or "error <code>". */
+  async function tcpConnect(source: string, target: string, port: number, timeoutMs: number): Promise<string> {
+    const result = await the(client).exec(process.execPath, ['-e', TCP_PROBE, target, String(port), source, String(timeoutMs)], {
       timeoutMs: timeoutMs + 10_000,
     });
     expect(result.code, `tcp probe: ${result.stderr}`).toBe(0);
     return result.stdout.trim();
   }
 
+  /** Each service: its port, its drop rule, the source its allowlist admits and one it does not. */
+  const UDP_CASES = [
+    { service: 'mesh CoAP', port: MESH_PORT, drop: 'drop-mesh', allowed: (f: Family) => f.meshSource, refused: (f: Family) => f.mgmtSource },
+    { service: 'backhaul CoAP', port: BACKHAUL_PORT, drop: 'drop-backhaul', allowed: (f: Family) => f.hesSource, refused: (f: Family) => f.meshSource },
+  ];
+  const TCP_CASES = [
+    { service: 'admin', port: ADMIN_PORT, greeting: 'ami-admin', drop: 'drop-admin', allowed: (f: Family) => f.mgmtSource, refused: (f: Family) => f.meshSource },
+    { service: 'DLMS/TCP', port: DLMS_PORT, greeting: 'ami-dlms', drop: 'drop-dlms-tcp', allowed: (f: Family) => f.hesSource, refused: (f: Family) => f.mgmtSource },
+    {
+      service: 'OpenVPN management',
+      port: OPENVPN_MGMT_PORT,
+      greeting: 'openvpn-mgmt',
+      drop: 'drop-openvpn-mgmt',
+      allowed: (f: Family) => f.mgmtSource,
+      refused: (f: Family) => f.hesSource,
+    },
+  ];
+
   describe.each(FAMILIES)('$name', (f) => {
-    it('UDP CoAP to the mesh port: the allowlisted source gets its answer, without touching drop-mesh', async () => {
-      const before = await dropped('drop-mesh');
-      const result = await coapGet(f.meshSource, f.gateway, 10);
-      expect(result.stdout).toContain(LIBCOAP_GREETING);
-      expect(await dropped('drop-mesh')).toBe(before);
+    describe.each(UDP_CASES)('UDP to the $service port', (c) => {
+      it(`the allowlisted source gets libcoap's answer, without touching its drop counter`, async () => {
+        const before = await dropped(c.drop);
+        const result = await coapGet(c.allowed(f), f.gateway, c.port, 10);
+        expect(result.stdout).toContain(LIBCOAP_GREETING);
+        expect(await dropped(c.drop)).toBe(before);
+      });
+
+      it('another source gets no answer and its drop counter rises', async () => {
+        const before = await dropped(c.drop);
+        // No answer is the expected outcome here, so the client has to give up
+        // waiting: -B 2, libcoap's smallest useful wait (its first
+        // retransmission is due after 2 to 3 s).
+        const result = await coapGet(c.refused(f), f.gateway, c.port, 2);
+        expect(result.stdout).not.toContain(LIBCOAP_GREETING);
+        expect(result.stdout.trim()).toBe('');
+        expect(await dropped(c.drop)).toBeGreaterThan(before);
+      });
     });
 
-    it('UDP CoAP to the mesh port: another source gets no answer and drop-mesh rises', async () => {
-      const before = await dropped('drop-mesh');
-      // No answer is the expected outcome here, so the client has to give up
-      // waiting: -B 2, libcoap's smallest useful wait (its first
-      // retransmission is due after 2 to 3 s).
-      const result = await coapGet(f.mgmtSource, f.gateway, 2);
-      expect(result.stdout).not.toContain(LIBCOAP_GREETING);
-      expect(result.stdout.trim()).toBe('');
-      expect(await dropped('drop-mesh')).toBeGreaterThan(before);
+    describe('UDP to the DLMS port', () => {
+      it('an HES source gets the echo, without touching drop-dlms-udp', async () => {
+        const before = await dropped('drop-dlms-udp');
+        expect(await udpEcho(f.hesSource, f.gateway, 10_000)).toBe('answer ami-dlms-udp');
+        expect(await dropped('drop-dlms-udp')).toBe(before);
+      });
+
+      it('another source gets nothing back and drop-dlms-udp rises', async () => {
+        const before = await dropped('drop-dlms-udp');
+        // A dropped datagram gets no reply at all, so a timeout IS the expected outcome.
+        expect(await udpEcho(f.mgmtSource, f.gateway, 1_500)).toBe('timeout');
+        expect(await dropped('drop-dlms-udp')).toBeGreaterThan(before);
+      });
     });
 
-    it('TCP to the admin port: a source in the management prefix connects, without touching drop-admin', async () => {
-      const before = await dropped('drop-admin');
-      expect(await tcpConnect(f.mgmtSource, f.gateway, 10_000)).toBe('connected ami-admin');
-      expect(await dropped('drop-admin')).toBe(before);
-    });
+    describe.each(TCP_CASES)('TCP to the $service port', (c) => {
+      it('the allowlisted source connects, without touching its drop counter', async () => {
+        const before = await dropped(c.drop);
+        expect(await tcpConnect(c.allowed(f), f.gateway, c.port, 10_000)).toBe(`connected ${c.greeting}`);
+        expect(await dropped(c.drop)).toBe(before);
+      });
 
-    it('TCP to the admin port: another source times out and drop-admin rises', async () => {
-      const before = await dropped('drop-admin');
-      // A dropped SYN gets no reply at all (no RST, no ICMP), so a timeout IS
-      // the expected outcome: 1.5 s, well beyond a round trip over a veth.
-      expect(await tcpConnect(f.meshSource, f.gateway, 1_500)).toBe('timeout');
-      expect(await dropped('drop-admin')).toBeGreaterThan(before);
+      it('another source times out and its drop counter rises', async () => {
+        const before = await dropped(c.drop);
+        // A dropped SYN gets no reply at all (no RST, no ICMP), so a timeout IS
+        // the expected outcome: 1.5 s, well beyond a round trip over a veth.
+        expect(await tcpConnect(c.refused(f), f.gateway, c.port, 1_500)).toBe('timeout');
+        expect(await dropped(c.drop)).toBeGreaterThan(before);
+      });
     });
   });
 
