@@ -1,6 +1,6 @@
 import { isIP } from 'node:net';
 import type { Node, NodeAPI, NodeDef } from 'node-red';
-import { DEFAULT_DLMS_PORT, FirewallError, parseFirewallConfig, type FirewallConfig } from '../../src/firewall/ruleset.js';
+import { DEFAULT_DLMS_PORT, FirewallError, kernelMeshList, OPEN_MESH_WARNING, parseFirewallConfig, type FirewallConfig } from '../../src/firewall/ruleset.js';
 import { ConfigUsers } from '../shared/config-users.js';
 import { NodeConfigError, numberProperty, stringProperty } from '../shared/settings-values.js';
 import type { AllowlistNode, HesEndpointNode } from '../shared/types.js';
@@ -15,7 +15,7 @@ interface AllowlistDef extends NodeDef {
   /** HES addresses/prefixes (commas or spaces); '' = the IP literals among the HES endpoint's site hosts. */
   hes?: string;
   hesEndpoint?: string;
-  /** Mesh prefixes; '' = the mesh endpoint's allowed sources. */
+  /** Mesh prefixes; '' = the mesh endpoint's allowed sources; none at all = every source (as the in-process allowlist reads it). */
   mesh?: string;
   /** The mesh endpoint: its allowed sources (when `mesh` is empty) and its port. */
   meshEndpoint?: string;
@@ -118,7 +118,9 @@ export = function register(RED: NodeAPI): void {
       const openvpn = optionalPort('OpenVPN management port', def.openvpnMgmtPort);
       if (openvpn !== undefined) ports.openvpnMgmt = openvpn;
 
-      return parseFirewallConfig({ hes, mesh, mgmt: listOf(stringProperty(def.mgmt)), ports });
+      const kernelMesh = kernelMeshList(mesh);
+      if (kernelMesh.openToEveryone) node.warn(OPEN_MESH_WARNING);
+      return parseFirewallConfig({ hes, mesh: kernelMesh.mesh, mgmt: listOf(stringProperty(def.mgmt)), ports });
     }
 
     /** Works the configuration out once (the endpoints it follows exist by the time a user asks). */

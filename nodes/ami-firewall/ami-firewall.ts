@@ -14,6 +14,7 @@ import type { AllowlistNode } from '../shared/types.js';
  */
 interface FirewallDef extends NodeDef {
   allowlist: string;
+  /** true/false, or an environment reference such as ${AMI_FIREWALL_APPLY} ('' = false). */
   applyOnDeploy?: boolean | string;
   /** Seconds between two drift checks; 0 = off. */
   driftInterval?: string;
@@ -84,7 +85,8 @@ export = function register(RED: NodeAPI): void {
     let driftSeconds = DEFAULT_DRIFT_S;
     let command: NftCommand | undefined;
     try {
-      applyOnDeploy = booleanProperty('Apply on deploy', def.applyOnDeploy, true);
+      // Empty (an unset ${AMI_FIREWALL_APPLY}) is off: the kernel is changed only when someone asked for it.
+      applyOnDeploy = booleanProperty('Apply on deploy', def.applyOnDeploy, false);
       driftSeconds = numberProperty('Drift check', def.driftInterval, DEFAULT_DRIFT_S, 0, 86_400);
       command = nftCommandOf((RED.settings as unknown as { amiFirewall?: FirewallSettings }).amiFirewall?.nftCommand);
     } catch (err) {
@@ -125,6 +127,9 @@ export = function register(RED: NodeAPI): void {
       node.send({ topic: 'applied', payload: report } as NodeMessage);
       if (report.ok) {
         node.status({ fill: 'green', shape: 'dot', text: RED._('ami-firewall.status.applied', { count: entryCount(manager.config) }) });
+        // A stable token for operators' log searches (and the appliance test), not translated.
+        const { hes, mesh, mgmt } = report.entries;
+        node.log(`FIREWALL_APPLIED table=inet ami_gateway hash=${report.hash} hes=${hes} mesh=${mesh} mgmt=${mgmt} applyMs=${Math.round(report.applyMs)} verifyMs=${Math.round(report.verifyMs)}`);
       } else if (report.error) {
         fail(report.error);
       }
@@ -156,7 +161,8 @@ export = function register(RED: NodeAPI): void {
       node.status({ fill: 'yellow', shape: 'ring', text: 'ami-firewall.status.applying' });
       void apply();
     } else {
-      node.status({});
+      // Says why the kernel has no table yet; an apply message (or AMI_FIREWALL=enforce in the default flow) changes that.
+      node.status({ fill: 'grey', shape: 'ring', text: 'ami-firewall.status.not-applied' });
     }
 
     node.on('input', (incoming, send, done) => {

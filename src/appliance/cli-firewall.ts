@@ -1,6 +1,6 @@
 import { isIP } from 'node:net';
 import { parseArgs } from 'node:util';
-import { parseManagementAddress } from '../backhaul/address.js';
+import { managementTcpPort } from '../backhaul/address.js';
 import { parseCoapUrl } from '../coap/url.js';
 import { FirewallManager, type ApplyReport } from '../firewall/manager.js';
 import type { NftRunner } from '../firewall/nft.js';
@@ -8,6 +8,8 @@ import {
   DEFAULT_DLMS_PORT,
   expectedState,
   FirewallError,
+  kernelMeshList,
+  OPEN_MESH_WARNING,
   parseFirewallConfig,
   renderRuleset,
   TABLE_FAMILY,
@@ -27,10 +29,8 @@ import { DEFAULT_HTTP_PORT, DEFAULT_MESH_PORT } from './config.js';
  * "fd00::/8, 2001:db8:1::/48 10.0.0.0/8"). Without AMI_ALLOW_HES the HES
  * list is the hosts of AMI_HES_PRIMARY / AMI_HES_SECONDARY when those are IP
  * literals. An empty management list admits the editor from loopback only
- * (loopback is always accepted). An empty mesh list is refused: the
- * in-process allowlist reads "empty" as "everyone", the kernel's would drop
- * every meter, so the operator has to say which (::/0 and 0.0.0.0/0 for
- * everyone).
+ * (loopback is always accepted). An empty mesh list means every source, as
+ * the in-process allowlist reads it (EVERY_SOURCE), with a warning on stderr.
  *
  * Exit codes: 0 ok; 1 nft refused the ruleset (or it was rolled back), drift
  * found by verify, or another nft failure; 2 usage or configuration error
@@ -44,6 +44,8 @@ export class FirewallUsageError extends Error {
 export interface FirewallCommandResult {
   exitCode: number;
   output: string;
+  /** Said on stderr (and in --json output): an empty mesh list admitting every source. */
+  warnings?: string[];
 }
 
 /** What the command reads from the appliance configuration and environment. */
@@ -142,10 +144,10 @@ type Sources = Record<AllowlistName, string>;
 
 /**
  * The firewall configuration from the options and defaults. `lenient` (for
- * remove, which needs none): an empty mesh list or an HES host name is not
- * refused.
+ * remove, which needs none): an HES host name is not refused. An empty mesh
+ * list becomes EVERY_SOURCE and OPEN_MESH_WARNING goes into `warnings`.
  */
-export function firewallConfigFrom(values: Values, defaults: FirewallDefaults, lenient = false): FirewallConfig {
+export function firewallConfigFrom(values: Values, defaults: FirewallDefaults, lenient = false, warnings: string[] = []): FirewallConfig {
   const sources: Sources = { hes: '--allow-hes', mesh: '--allow-mesh', mgmt: '--allow-mgmt' };
   let hes = splitList((values['allow-hes'] ?? []).join(','));
   if (values['allow-hes'] === undefined) {
@@ -167,25 +169,16 @@ export function firewallConfigFrom(values: Values, defaults: FirewallDefaults, l
     mesh = splitList(defaults.allowMesh);
     sources.mesh = 'AMI_ALLOW_MESH';
   }
-  if (mesh.length === 0 && !lenient) {
-    throw new FirewallUsageError(
-      'no mesh prefixes: set AMI_ALLOW_MESH or --allow-mesh (an empty kernel list would drop every meter; ::/0,0.0.0.0/0 admits every source)',
-    );
-  }
+  const kernelMesh = kernelMeshList(mesh);
+  mesh = kernelMesh.mesh;
+  if (kernelMesh.openToEveryone && !lenient) warnings.push(OPEN_MESH_WARNING);
   let mgmt = splitList((values['allow-mgmt'] ?? []).join(','));
   if (values['allow-mgmt'] === undefined) {
     mgmt = splitList(defaults.allowMgmt);
     sources.mgmt = 'AMI_ALLOW_MGMT';
   }
-  let openvpnFallback: number | undefined;
-  if (defaults.backhaulMgmt !== undefined) {
-    try {
-      const address = parseManagementAddress(defaults.backhaulMgmt);
-      if (address.kind === 'tcp') openvpnFallback = address.port;
-    } catch {
-      // loadConfig has already refused a bad AMI_BACKHAUL_MGMT; a unix socket needs no rule.
-    }
-  }
+  // A unix socket needs no rule (and loadConfig has already refused a bad AMI_BACKHAUL_MGMT).
+  const openvpnFallback = defaults.backhaulMgmt === undefined ? undefined : managementTcpPort(defaults.backhaulMgmt);
   const ports = {
     meshCoap: portOption('--mesh-port', values['mesh-port'], defaults.meshPort ?? DEFAULT_MESH_PORT),
     admin: portOption('--admin-port', values['admin-port'], defaults.httpPort ?? DEFAULT_HTTP_PORT),
@@ -257,7 +250,22 @@ export async function firewallCommand(args: string[], defaults: FirewallDefaults
   });
   const asJson = values.json === true;
   const act = action as Action;
-  const config = firewallConfigFrom(values, defaults, act === 'remove');
+  const warnings: string[] = [];
+  const config = firewallConfigFrom(values, defaults, act === 'remove', warnings);
+  const result = await run(act, config, asJson, options);
+  if (warnings.length === 0) return result;
+  if (asJson) {
+    try {
+      const body = JSON.parse(result.output) as Record<string, unknown>;
+      return { ...result, output: json({ ...body, warnings }), warnings };
+    } catch {
+      // An error line rather than JSON: the warnings still go to stderr.
+    }
+  }
+  return { ...result, warnings };
+}
+
+async function run(act: Action, config: FirewallConfig, asJson: boolean, options: FirewallCommandOptions): Promise<FirewallCommandResult> {
 
   if (act === 'render') {
     const script = renderRuleset(config);

@@ -456,6 +456,7 @@ export async function main(argv: string[]): Promise<number | undefined> {
         const { firewallCommand, firewallDefaultsFromEnv, FirewallUsageError } = await import('./cli-firewall.js');
         try {
           const result = await firewallCommand(rest, firewallDefaultsFromEnv(process.env, loadConfig()));
+          for (const warning of result.warnings ?? []) process.stderr.write(`ami-gateway: warning: ${warning}\n`);
           // Reports (rulesets, drift) go to stdout, also with exit code 1; errors ("ami-gateway: ...") to stderr.
           (result.output.startsWith('ami-gateway:') ? process.stderr : process.stdout).write(`${result.output}\n`);
           return result.exitCode;

@@ -52,8 +52,18 @@ export interface ApplianceConfig {
   meshRegisteredOnly: boolean;
   /** OpenVPN's management interface (AMI_BACKHAUL_MGMT): where `ami-gateway backhaul` connects. */
   backhaulMgmt: string;
+  /**
+   * AMI_FIREWALL: `enforce` has the default flow's firewall node put the
+   * allowlists into the kernel at start (the systemd unit sets it); `off`
+   * (default) leaves the kernel alone, so `npm start` on a workstation never
+   * changes its firewall.
+   */
+  firewall: FirewallMode;
   logLevel: LogLevel;
 }
+
+export const FIREWALL_MODES = ['off', 'enforce'] as const;
+export type FirewallMode = (typeof FIREWALL_MODES)[number];
 
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace'] as const;
 export type LogLevel = (typeof LOG_LEVELS)[number];
@@ -135,6 +145,12 @@ function flag(env: Env, name: string, fallback: boolean): boolean {
   throw new ConfigError(name, `expected true or false, got "${raw}"`);
 }
 
+function firewallMode(env: Env): FirewallMode {
+  const raw = nonEmpty(env, 'AMI_FIREWALL') ?? 'off';
+  if (!(FIREWALL_MODES as readonly string[]).includes(raw)) throw new ConfigError('AMI_FIREWALL', `expected off or enforce, got "${raw}"`);
+  return raw as FirewallMode;
+}
+
 function backhaulManagement(env: Env): string {
   const raw = nonEmpty(env, 'AMI_BACKHAUL_MGMT') ?? DEFAULT_MANAGEMENT_ADDRESS;
   try {
@@ -190,6 +206,7 @@ export function loadConfig(env: Env = process.env, cwd: string = process.cwd()):
     allowMesh: allowMesh(env),
     meshRegisteredOnly: flag(env, 'AMI_MESH_REGISTERED_ONLY', false),
     backhaulMgmt: backhaulManagement(env),
+    firewall: firewallMode(env),
     logLevel: logLevelRaw as LogLevel,
   };
 }

@@ -5,6 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import express from 'express';
 import RED from 'node-red';
+import { managementTcpPort } from '../backhaul/address.js';
 import { formatCoapUrl } from '../coap/url.js';
 import { HesSimulator } from '../sim/hes.js';
 import { MeterFleet } from '../sim/meters.js';
@@ -109,6 +110,11 @@ export async function startAppliance(config: ApplianceConfig): Promise<RunningAp
     process.env.AMI_MESH_BIND = config.meshBind;
     process.env.AMI_ALLOW_MESH = config.allowMesh;
     process.env.AMI_MESH_REGISTERED_ONLY = String(config.meshRegisteredOnly);
+    // The default flow's allowlist and firewall nodes (docs/firewall.md).
+    process.env.AMI_FIREWALL_APPLY = String(config.firewall === 'enforce');
+    process.env.AMI_ALLOW_HES ??= '';
+    process.env.AMI_ALLOW_MGMT ??= '';
+    process.env.AMI_OPENVPN_MGMT_PORT = String(managementTcpPort(config.backhaulMgmt) ?? '');
     process.env.AMI_GATEWAY_ID ??= os.hostname();
 
     const app = express();

@@ -42,3 +42,17 @@ export function formatManagementAddress(address: ManagementAddress): string {
   if (address.kind === 'unix') return `unix:${address.path}`;
   return isIP(address.host) === 6 ? `[${address.host}]:${address.port}` : `${address.host}:${address.port}`;
 }
+
+/**
+ * The TCP port of a management address (the port the kernel allowlists guard
+ * as OpenVPN's management port), or undefined for a unix socket or an address
+ * that does not parse (the configuration has refused those already).
+ */
+export function managementTcpPort(text: string): number | undefined {
+  try {
+    const address = parseManagementAddress(text);
+    return address.kind === 'tcp' ? address.port : undefined;
+  } catch {
+    return undefined;
+  }
+}

@@ -305,6 +305,24 @@ function parsePort(ports: Record<string, unknown>, key: keyof FirewallPorts, req
 }
 
 /**
+ * What an empty mesh allowlist means in the kernel: every source, as the
+ * in-process mesh allowlist reads an empty AMI_ALLOW_MESH. The operator states
+ * the list once and both layers mean the same; an empty kernel set would
+ * instead drop every meter (and refusing would leave the HES and management
+ * ports unprotected too).
+ */
+export const EVERY_SOURCE: readonly string[] = ['0.0.0.0/0', '::/0'];
+
+/** Said (log, node warning, CLI stderr) whenever EVERY_SOURCE stands in for an empty mesh list. */
+export const OPEN_MESH_WARNING =
+  'no mesh prefixes are configured (AMI_ALLOW_MESH): the mesh port admits every source, as the in-process allowlist does; set AMI_ALLOW_MESH to restrict it';
+
+/** The mesh list for the kernel: the configured one, or EVERY_SOURCE (openToEveryone) when it is empty. */
+export function kernelMeshList(configured: readonly string[]): { mesh: string[]; openToEveryone: boolean } {
+  return configured.length === 0 ? { mesh: [...EVERY_SOURCE], openToEveryone: true } : { mesh: [...configured], openToEveryone: false };
+}
+
+/**
  * Validates and normalises a firewall configuration. Every list is required
  * (an empty one admits nobody but loopback), entries are IPv4/IPv6 addresses
  * or prefixes; the result has each list deduplicated and sorted, IPv4 entries
@@ -381,8 +399,24 @@ function configHash(config: FirewallConfig, sets: Record<SetName, string[]>): st
   return `sha256:${createHash('sha256').update(canonical).digest('hex')}`;
 }
 
+/**
+ * expectedState per configuration object: the drift watch compares the same
+ * configuration every minute, and parsing 10,000 entries again each time
+ * cost as much as nft's own listing. Configurations are values (a changed
+ * allowlist is a new object from parseFirewallConfig), never edited in place.
+ */
+const expectedStates = new WeakMap<FirewallConfig, ExpectedState>();
+
 /** The sets, chain and ordered rules the ruleset of `config` defines. */
 export function expectedState(config: FirewallConfig): ExpectedState {
+  const cached = expectedStates.get(config);
+  if (cached) return cached;
+  const state = computeExpectedState(config);
+  expectedStates.set(config, state);
+  return state;
+}
+
+function computeExpectedState(config: FirewallConfig): ExpectedState {
   const hes = splitList('hes', config.hes);
   const mesh = splitList('mesh', config.mesh);
   const mgmt = splitList('mgmt', config.mgmt);
@@ -522,6 +556,27 @@ function addressValue(family: Family, value: unknown): bigint | undefined {
   return family === 4 ? parseV4(value) : parseV6(value);
 }
 
+/**
+ * True when the listed elements are, as text, exactly the expected ones:
+ * "addr" for an address, {prefix:{addr,len}} for a prefix. Anything else
+ * (ranges, other spellings, a different count) is left to the interval
+ * comparison, which is exact but parses every address.
+ */
+function sameElementsAsWritten(elems: unknown[], expected: readonly string[]): boolean {
+  if (elems.length !== expected.length) return false;
+  const want = new Set(expected);
+  if (want.size !== expected.length) return false;
+  for (const element of elems) {
+    let text: string | undefined;
+    if (typeof element === 'string') text = element;
+    else if (isRecord(element) && isRecord(element.prefix) && typeof element.prefix.addr === 'string' && typeof element.prefix.len === 'number') {
+      text = `${element.prefix.addr}/${element.prefix.len}`;
+    }
+    if (text === undefined || !want.delete(text)) return false;
+  }
+  return want.size === 0;
+}
+
 /** One element of a set as nft -j prints it: "addr", {prefix:{addr,len}}, {range:[a,b]}, {elem:{val}}. */
 function elementInterval(family: Family, element: unknown, depth = 0): Interval | undefined {
   if (typeof element === 'string') {
@@ -651,9 +706,11 @@ export function compareWithNftJson(config: FirewallConfig, json: unknown): Compa
     const type = family === 4 ? 'ipv4_addr' : 'ipv6_addr';
     if (set.type !== type) differences.push(`set ${name} has type ${safeJson(set.type)}, expected ${type}`);
     if (!Array.isArray(set.flags) || !set.flags.includes('interval')) differences.push(`set ${name} is not an interval set`);
+    const elems: unknown[] = set.elem === undefined ? [] : Array.isArray(set.elem) ? set.elem : [set.elem];
+    // Fast path: nft lists the elements exactly as we wrote them (its text of an address is RFC 5952's, as ours).
+    if (sameElementsAsWritten(elems, expected.sets[name])) continue;
     const actual: Interval[] = [];
     const unreadable: string[] = [];
-    const elems: unknown[] = set.elem === undefined ? [] : Array.isArray(set.elem) ? set.elem : [set.elem];
     for (const element of elems) {
       const interval = elementInterval(family, element);
       if (interval) actual.push(interval);

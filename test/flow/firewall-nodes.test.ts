@@ -59,8 +59,11 @@ class Inbox {
 
 const topic = (t: string) => (m: Msg) => m.topic === t;
 
+/** The status calls this node made (the helper's spy sits on the shared Node prototype). */
 function statusCalls(nodeId: string): NodeStatus[] {
-  return (nodeOf(nodeId).status as unknown as { args: unknown[][] }).args.map((a) => a[0] as NodeStatus);
+  const node = nodeOf(nodeId);
+  const spy = node.status as unknown as { args: unknown[][]; thisValues: unknown[] };
+  return spy.args.filter((_args, i) => spy.thisValues[i] === node).map((a) => a[0] as NodeStatus);
 }
 
 function errorCalls(nodeId: string): unknown[][] {
@@ -189,6 +192,49 @@ describeWithNft(problem, 'firewall nodes under real nftables', () => {
     expect(caught.error).toMatchObject({ code: 'BAD_CONFIG', message: expect.stringMatching(/mgmt\[1\] "10\.0\.0\.300"/) });
     expect(errorCalls('fw')).toContainEqual([expect.objectContaining({ code: 'BAD_CONFIG' }), expect.objectContaining({ topic: 'error' })]);
     // Nothing reached the kernel.
+    expect((await nft('list', 'table', 'inet', 'ami_gateway')).code).not.toBe(0);
+  });
+
+  it('with apply on deploy off: a grey "not applied" status and no table until an apply message', async () => {
+    await helper.load(flowNodes, flow({}, { applyOnDeploy: false }));
+    expect(statusCalls('fw').at(-1)).toEqual({ fill: 'grey', shape: 'ring', text: 'ami-firewall.status.not-applied' });
+    expect((await nft('list', 'table', 'inet', 'ami_gateway')).code).not.toBe(0);
+    const out = new Inbox('out');
+    nodeOf('fw').receive({ topic: 'apply' });
+    expect((await out.next(topic('applied'))).payload).toMatchObject({ ok: true });
+    expect(await setElements('mgmt_v4')).toEqual([{ prefix: { addr: '198.51.100.0', len: 24 } }]);
+  });
+
+  it('an environment reference left empty counts as off (an unset ${AMI_FIREWALL_APPLY} never changes the kernel)', async () => {
+    await helper.load(flowNodes, flow({}, { applyOnDeploy: '' }));
+    expect(statusCalls('fw').at(-1)).toEqual({ fill: 'grey', shape: 'ring', text: 'ami-firewall.status.not-applied' });
+    expect((await nft('list', 'table', 'inet', 'ami_gateway')).code).not.toBe(0);
+  });
+
+  it('with no mesh prefixes anywhere: the mesh port admits every source, as in-process, with a warning', async () => {
+    await helper.load(flowNodes, flow({ mesh: '', meshEndpoint: '' }));
+    const out = new Inbox('out');
+    expect((await out.next(topic('applied'))).payload).toMatchObject({ ok: true });
+    expect(await setElements('mesh_v4')).toEqual([{ prefix: { addr: '0.0.0.0', len: 0 } }]);
+    expect(await setElements('mesh_v6')).toEqual([{ prefix: { addr: '::', len: 0 } }]);
+    expect((nodeOf('allow').warn as unknown as { args: unknown[][] }).args).toContainEqual([expect.stringMatching(/mesh port admits every source/)]);
+  });
+
+  it('without CAP_NET_ADMIN: a red NO_PERMISSION status and msg.error.code, nothing applied', async () => {
+    // nft itself runs without capabilities (and as nobody), still inside the test's namespace.
+    helper.settings({
+      amiFirewall: {
+        nftCommand: {
+          file: 'ip',
+          args: ['netns', 'exec', the().name, '/usr/bin/setpriv', '--reuid=65534', '--regid=65534', '--clear-groups', '--inh-caps=-all', 'nft'],
+        },
+      },
+    });
+    await helper.load(flowNodes, flow());
+    const errors = new Inbox('errors');
+    const caught = await errors.next(() => true);
+    expect(caught.error).toMatchObject({ code: 'NO_PERMISSION' });
+    expect(statusCalls('fw')).toContainEqual({ fill: 'red', shape: 'ring', text: expect.stringMatching(/^NO_PERMISSION: /) });
     expect((await nft('list', 'table', 'inet', 'ami_gateway')).code).not.toBe(0);
   });
 

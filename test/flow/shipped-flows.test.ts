@@ -11,6 +11,8 @@ import { DEFAULT_SIM_KEY_SEED, simMeterKeys } from '../../src/sim/meter-keys.js'
 import { dlmsRecordKey } from '../../src/hes/records.js';
 import { meshMeterLister, untilRegistered } from '../helpers/fleet.js';
 import { freeUdpPort } from '../helpers/ports.js';
+import { createNamespace, removeStaleNamespaces, uniqueName } from '../helpers/netns.js';
+import { nftIn, nftSupport } from '../helpers/nft.js';
 import { allNodes, coreNodes, initHelper, nextInput } from './setup.js';
 
 const helper = initHelper();
@@ -44,6 +46,11 @@ beforeAll(async () => {
   process.env.AMI_HES_SECONDARY = '';
   process.env.AMI_MESH_BIND = '::1';
   process.env.AMI_GATEWAY_ID = 'gw-flow-test';
+  // As the runtime sets them without AMI_FIREWALL=enforce: the firewall node leaves the kernel alone.
+  process.env.AMI_FIREWALL_APPLY = 'false';
+  process.env.AMI_ALLOW_HES = '';
+  process.env.AMI_ALLOW_MGMT = '';
+  process.env.AMI_OPENVPN_MGMT_PORT = '';
 });
 
 afterAll(async () => {
@@ -287,6 +294,59 @@ describe('shipped flows', () => {
       delete process.env.AMI_RELAY_MIN_SNR;
     }
   });
+  it('default-appliance.json leaves the kernel alone unless AMI_FIREWALL=enforce: the firewall node reads "not applied on deploy"', async () => {
+    process.env.AMI_MESH_PORT = String(await freeUdpPort());
+    await helper.load(modules, readFlow('default-appliance.json'));
+    const firewall = helper.getNode('a1f0c0de00000031')!;
+    // The helper's status spy sits on the shared Node prototype: keep the calls this node made.
+    const spy = firewall.status as unknown as { args: unknown[][]; thisValues: unknown[] };
+    const calls = spy.args.filter((_args, i) => spy.thisValues[i] === firewall).map((a) => a[0]);
+    expect(calls.at(-1)).toEqual({ fill: 'grey', shape: 'ring', text: 'ami-firewall.status.not-applied' });
+  });
+
+  const nftProblem = nftSupport('shipped-flows firewall');
+  it.skipIf(nftProblem !== undefined)(
+    `default-appliance.json with AMI_FIREWALL=enforce applies the allowlists at deploy: HES from the HES endpoint, mesh and management from the environment${nftProblem ? ` (SKIPPED: ${nftProblem})` : ''}`,
+    async () => {
+      await removeStaleNamespaces();
+      const ns = await createNamespace(uniqueName('dflt'));
+      try {
+        process.env.AMI_MESH_PORT = String(await freeUdpPort());
+        process.env.AMI_FIREWALL_APPLY = 'true';
+        process.env.AMI_ALLOW_MESH = 'fd00::/8';
+        process.env.AMI_ALLOW_MGMT = '198.51.100.0/24';
+        process.env.AMI_OPENVPN_MGMT_PORT = '7505';
+        // nft runs inside the test's namespace, never on the host.
+        helper.settings({ userDir, amiFirewall: { nftCommand: { file: 'ip', args: ['netns', 'exec', ns.name, 'nft'] } } });
+        await helper.load(modules, readFlow('default-appliance.json'));
+        const events = helper.getNode('a1f0c0de00000032')!;
+        const applied = await new Promise<Record<string, unknown>>((resolve) =>
+          events.on('input', (received: unknown) => {
+            const msg = received as Record<string, unknown>;
+            if (msg.topic === 'applied' || msg.topic === 'error') resolve(msg);
+          }),
+        );
+        expect(applied).toMatchObject({ topic: 'applied', payload: { ok: true, entries: { hes: 1, mesh: 1, mgmt: 1 } } });
+        const listed = await nftIn(ns, ['list', 'table', 'inet', 'ami_gateway']);
+        expect(listed.code, listed.stderr).toBe(0);
+        // The HES simulator's address, taken from the HES endpoint's sites (AMI_ALLOW_HES is empty).
+        expect(listed.stdout).toMatch(/set hes_v6 \{[^}]*elements = \{ ::1 \}/);
+        expect(listed.stdout).toMatch(/set mesh_v6 \{[^}]*fd00::\/8/);
+        expect(listed.stdout).toMatch(/set mgmt_v4 \{[^}]*198\.51\.100\.0\/24/);
+        expect(listed.stdout).toContain(`udp dport ${process.env.AMI_MESH_PORT} counter packets 0 bytes 0 drop comment "drop-mesh"`);
+        expect(listed.stdout).toContain('tcp dport 7505 counter packets 0 bytes 0 drop comment "drop-openvpn-mgmt"');
+      } finally {
+        await helper.unload();
+        helper.settings({ userDir });
+        process.env.AMI_FIREWALL_APPLY = 'false';
+        process.env.AMI_ALLOW_MESH = '';
+        process.env.AMI_ALLOW_MGMT = '';
+        process.env.AMI_OPENVPN_MGMT_PORT = '';
+        await ns.remove();
+      }
+    },
+  );
+
   it('relay-commands.json refuses its inject buttons until a real TOTP code is set, and keeps a command for an unregistered meter waiting', async () => {
     const meshPort = await freeUdpPort();
     process.env.AMI_MESH_PORT = String(meshPort);

@@ -24,9 +24,9 @@ export interface CommandResult {
 }
 
 /** Runs a command to completion; never rejects for a non-zero exit (look at `code`). */
-export function run(command: string, args: string[], options: { timeoutMs?: number; input?: string } = {}): Promise<CommandResult> {
+export function run(command: string, args: string[], options: { timeoutMs?: number; input?: string; env?: NodeJS.ProcessEnv } = {}): Promise<CommandResult> {
   return new Promise((resolve, reject) => {
-    const child = execFile(command, args, { timeout: options.timeoutMs ?? 30_000, maxBuffer: 16 * 1024 * 1024 }, (error, stdout, stderr) => {
+    const child = execFile(command, args, { timeout: options.timeoutMs ?? 30_000, maxBuffer: 16 * 1024 * 1024, ...(options.env ? { env: options.env } : {}) }, (error, stdout, stderr) => {
       const failed = error as (NodeJS.ErrnoException & { code?: number | string; signal?: NodeJS.Signals }) | null;
       if (failed && typeof failed.code === 'string') {
         reject(new Error(`${command}: ${failed.message}`));
@@ -83,7 +83,7 @@ export function namespaceSupportProblem(): string | undefined {
 export interface Namespace {
   readonly name: string;
   /** Runs a command inside the namespace (`ip netns exec NAME ...`) to completion. */
-  exec(command: string, args?: string[], options?: { timeoutMs?: number; input?: string }): Promise<CommandResult>;
+  exec(command: string, args?: string[], options?: { timeoutMs?: number; input?: string; env?: NodeJS.ProcessEnv }): Promise<CommandResult>;
   /**
    * Starts a long-running command inside the namespace. `ip netns exec`
    * replaces itself with the command, so the child's pid is the command's.

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { firewallCommand, FirewallUsageError, type FirewallDefaults } from '../../src/appliance/cli-firewall.js';
-import { parseFirewallConfig, renderRuleset } from '../../src/firewall/ruleset.js';
+import { OPEN_MESH_WARNING, parseFirewallConfig, renderRuleset } from '../../src/firewall/ruleset.js';
 import { CLI, REPO_ROOT } from '../helpers/appliance.js';
 import type { CommandResult } from '../helpers/netns.js';
 import { describeWithNft, nftOkIn, nftSupport, useNamespace } from '../helpers/nft.js';
@@ -99,15 +99,30 @@ describe('ami-gateway firewall render (no nft needed)', () => {
     expect((await firewallCommand(['render'], { ...fromEnv, hesPrimary: 'coap://hes.example:5684', allowHes: '192.0.2.1' })).exitCode).toBe(0);
   });
 
-  it('refuses bad addresses, ports and an empty mesh list as usage errors naming their source', async () => {
+  it('refuses bad addresses and ports as usage errors naming their source', async () => {
     await expect(firewallCommand(['render', '--allow-mesh', 'fd00::/64', '--allow-hes', '192.0.2.1,bogus'], defaults)).rejects.toThrow(
       new FirewallUsageError('--allow-hes: hes[1] "bogus" is not an IPv4 or IPv6 address or prefix'),
     );
     await expect(firewallCommand(['render'], { ...defaults, allowMesh: 'fd00::/200' })).rejects.toThrow(/^AMI_ALLOW_MESH: mesh\[0\] "fd00::\/200" has a bad prefix length/);
     await expect(firewallCommand(['render', '--allow-mesh', 'fd00::/64', '--mesh-port', '70000'], defaults)).rejects.toThrow(/--mesh-port must be a port/);
     await expect(firewallCommand(['render', '--allow-mesh', 'fd00::/64', '--dlms-port', '5683'], defaults)).rejects.toThrow(/dlms-udp and mesh both use udp port 5683/);
-    await expect(firewallCommand(['render'], defaults)).rejects.toThrow(/no mesh prefixes: set AMI_ALLOW_MESH or --allow-mesh/);
     await expect(firewallCommand(['flush'], defaults)).rejects.toThrow(/unknown firewall command "flush"/);
+  });
+
+  it('reads an empty mesh list as every source, as the in-process allowlist does, and warns', async () => {
+    const open = await firewallCommand(['render', '--json'], { ...defaults, allowMesh: '' });
+    expect(open.exitCode).toBe(0);
+    expect(open.warnings).toEqual([OPEN_MESH_WARNING]);
+    const body = JSON.parse(open.output) as { config: { mesh: string[] }; warnings: string[] };
+    expect(body.config.mesh).toEqual(['0.0.0.0/0', '::/0']);
+    expect(body.warnings).toEqual([OPEN_MESH_WARNING]);
+    const stated = await firewallCommand(['render'], { ...defaults, allowMesh: 'fd00::/8' });
+    expect(stated.warnings).toBeUndefined();
+    // Through the built CLI the warning goes to stderr, the ruleset to stdout.
+    const cli = await runCli(['render'], cleanEnv({ AMI_ALLOW_HES: '192.0.2.10' }));
+    expect(cli.code).toBe(0);
+    expect(cli.stderr).toContain(`ami-gateway: warning: ${OPEN_MESH_WARNING}`);
+    expect(cli.stdout).toMatch(/set mesh_v6 \{[^}]*::\/0/);
   });
 
   it('runs through the built CLI: render from the environment, exit 2 for a bad address or an unknown option', async () => {

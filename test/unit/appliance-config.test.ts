@@ -34,7 +34,15 @@ describe('loadConfig', () => {
       hesSecondary: undefined,
       logLevel: 'info',
       settingsFile: '/srv/gw/data/ami-settings.json',
+      // npm start on a workstation never changes its firewall.
+      firewall: 'off',
     });
+  });
+
+  it('reads AMI_FIREWALL as off or enforce and refuses anything else', () => {
+    expect(loadConfig({ AMI_FIREWALL: 'enforce' }, '/srv/gw').firewall).toBe('enforce');
+    expect(loadConfig({ AMI_FIREWALL: ' off ' }, '/srv/gw').firewall).toBe('off');
+    expect(() => loadConfig({ AMI_FIREWALL: 'on' }, '/srv/gw')).toThrow(new ConfigError('AMI_FIREWALL', 'expected off or enforce, got "on"'));
   });
 
   it('reads every variable', () => {

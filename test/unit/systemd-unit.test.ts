@@ -28,6 +28,8 @@ describe('deploy/ami-gateway.service', () => {
     expect(d.get('ProtectSystem')).toEqual(['strict']);
     expect(d.get('ReadWritePaths')).toEqual(['/var/lib/ami-gateway']);
     expect(d.get('Environment')).toContain('AMI_DATA_DIR=/var/lib/ami-gateway');
+    // The appliance enforces its allowlists in the kernel (the default flow's firewall node).
+    expect(d.get('Environment')).toContain('AMI_FIREWALL=enforce');
     // Only the capability nftables needs, both bounded and granted.
     expect(d.get('CapabilityBoundingSet')).toEqual(['CAP_NET_ADMIN']);
     expect(d.get('AmbientCapabilities')).toEqual(['CAP_NET_ADMIN']);
