@@ -3,7 +3,7 @@ import { DEFAULT_DRIFT_INTERVAL_MS, FirewallManager, type ApplyReport, type Drif
 import { NftRunner, type NftCommand } from '../../src/firewall/nft.js';
 import { FirewallError, type FirewallConfig } from '../../src/firewall/ruleset.js';
 import { booleanProperty, NodeConfigError, numberProperty } from '../shared/settings-values.js';
-import type { AllowlistNode } from '../shared/types.js';
+import type { AllowlistNode, HesEndpointNode } from '../shared/types.js';
 
 /**
  * The `firewall` node (issue 7): keeps the kernel's nftables table of the
@@ -14,6 +14,8 @@ import type { AllowlistNode } from '../shared/types.js';
  */
 interface FirewallDef extends NodeDef {
   allowlist: string;
+  /** Optional ami-hes-endpoint: drift is also reported there, as an alarm record through its outbox. */
+  hes?: string;
   /** true/false, or an environment reference such as ${AMI_FIREWALL_APPLY} ('' = false). */
   applyOnDeploy?: boolean | string;
   /** Seconds between two drift checks; 0 = off. */
@@ -116,6 +118,13 @@ export = function register(RED: NodeAPI): void {
       return;
     }
 
+    // Drift alarms to the HES: the endpoint opens its uplink for its users, and pushes its own state to
+    // their status; this node shows the firewall's, so it registers a stand-in that ignores that status.
+    const hesId = typeof def.hes === 'string' ? def.hes.trim() : '';
+    const hes = hesId === '' ? null : (RED.nodes.getNode(hesId) as HesEndpointNode | null);
+    const hesUser = hes ? Object.assign(Object.create(node) as Node, { status: () => undefined }) : undefined;
+    if (hes && hesUser) hes.register(hesUser);
+
     const manager = new FirewallManager({
       config,
       runner: new NftRunner(command ? { command } : {}),
@@ -136,12 +145,40 @@ export = function register(RED: NodeAPI): void {
     });
     manager.on('drift', (drift: DriftReport) => {
       if (closed) return;
+      reportDriftToHes(drift);
       node.send({ topic: 'drift', payload: drift } as NodeMessage);
       node.warn(RED._(drift.repaired ? 'ami-firewall.warn.drift-repaired' : 'ami-firewall.warn.drift-unrepaired', { differences: drift.differences.join('; ') }));
       if (drift.repaired) node.status({ fill: 'yellow', shape: 'dot', text: 'ami-firewall.status.drift-repaired' });
       else if (drift.error) showError(drift.error);
     });
     manager.on('error', (error: FirewallError) => fail(error));
+
+    /**
+     * The HES learns of a drift as an alarm (the outbox sends alarms first and
+     * never drops them), keyed by the gateway and the detection time so a
+     * redelivery is stored once. A failed hand-over is a warning: the drift is
+     * in the log and on the output anyway.
+     */
+    function reportDriftToHes(drift: DriftReport): void {
+      if (hesId === '') return;
+      if (!hes) {
+        node.warn(RED._('ami-firewall.warn.no-hes', { id: hesId }));
+        return;
+      }
+      const body = {
+        code: 'FIREWALL_DRIFT',
+        table: 'inet ami_gateway',
+        repaired: drift.repaired,
+        differences: drift.differences,
+        ...(drift.error ? { error: { code: drift.error.code, message: drift.error.message } } : {}),
+      };
+      hes.deliver({ key: `firewall/${hes.gatewayId}/drift/${drift.at}`, kind: 'alarm', meter: hes.gatewayId, ts: drift.at, body }).then(
+        () => undefined,
+        (err: unknown) => {
+          if (!closed) node.warn(RED._('ami-firewall.warn.hes-report', { reason: err instanceof Error ? err.message : String(err) }));
+        },
+      );
+    }
 
     const startWatch = (): void => {
       if (!closed && driftSeconds > 0) manager.startDriftWatch();
@@ -210,7 +247,7 @@ export = function register(RED: NodeAPI): void {
     node.on('close', (done: () => void) => {
       closed = true;
       // The table stays in force: removal is an explicit 'remove' (or `ami-gateway firewall remove`).
-      Promise.all([manager.stop(), allowlist.deregister(node)]).then(
+      Promise.all([manager.stop(), allowlist.deregister(node), hes && hesUser ? hes.deregister(hesUser) : undefined]).then(
         () => done(),
         () => done(),
       );

@@ -5,6 +5,7 @@ import type { NodeStatus } from 'node-red';
 import type { CommandResult } from '../helpers/netns.js';
 import { describeWithNft, nftIn, nftSupport, useNamespace } from '../helpers/nft.js';
 import { freeUdpPort } from '../helpers/ports.js';
+import { HesSimulator } from '../../src/sim/hes.js';
 import { DIST, initHelper, nodes } from './setup.js';
 
 /**
@@ -19,7 +20,7 @@ type NodeModule = (RED: unknown) => void;
 const allowlistNode = requireFromHere(path.join(DIST, 'nodes/ami-allowlist/ami-allowlist.js')) as NodeModule;
 const firewallNode = requireFromHere(path.join(DIST, 'nodes/ami-firewall/ami-firewall.js')) as NodeModule;
 const catchNode = requireFromHere('@node-red/nodes/core/common/25-catch.js') as NodeModule;
-const flowNodes = [nodes.meshEndpoint, allowlistNode, firewallNode, catchNode];
+const flowNodes = [nodes.meshEndpoint, nodes.hesEndpoint, allowlistNode, firewallNode, catchNode];
 
 const problem = nftSupport('firewall-nodes');
 
@@ -168,6 +169,34 @@ describeWithNft(problem, 'firewall nodes under real nftables', () => {
     await helper.unload();
     // Closing the flow stops the drift watch but keeps the table in force.
     await listTable();
+  });
+
+  it('reports a drift to the HES as an alarm record through the chosen HES endpoint', async () => {
+    const hes = new HesSimulator({ port: 0, bind: '::1' });
+    await hes.start();
+    try {
+      const alarmed = new Promise<string>((resolve) => {
+        const stop = hes.onStored((key) => {
+          if (!key.startsWith('firewall/gw-fw-test/drift/')) return;
+          stop();
+          resolve(key);
+        });
+      });
+      await helper.load(flowNodes, [
+        ...flow({}, { hes: 'hesconf' }),
+        { id: 'hesconf', type: 'ami-hes-endpoint', primary: hes.url, secondary: '', gatewayId: 'gw-fw-test', timeout: '2000' },
+      ]);
+      const out = new Inbox('out');
+      await out.next(topic('applied'));
+      expect((await nft('delete', 'table', 'inet', 'ami_gateway')).code).toBe(0);
+      const drift = await out.next(topic('drift'));
+      expect(drift.payload).toMatchObject({ repaired: true });
+      const key = await alarmed;
+      expect(key).toBe(`firewall/gw-fw-test/drift/${(drift.payload as { at: number }).at}`);
+    } finally {
+      await helper.unload();
+      await hes.stop();
+    }
   });
 
   it('removes the table on a remove message', async () => {
