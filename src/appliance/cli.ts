@@ -95,14 +95,22 @@ Usage:
                                             differences); remove deletes the table (exit 0 also when absent).
                                             Lists: each option repeatable and comma-separated; defaults
                                             AMI_ALLOW_HES (else the IP hosts of AMI_HES_PRIMARY/SECONDARY),
-                                            AMI_ALLOW_MESH (required: empty would drop every meter; ::/0,0.0.0.0/0
-                                            admits all), AMI_ALLOW_MGMT (empty: the editor from loopback only;
+                                            AMI_ALLOW_MESH (empty: every source, as in-process, with a warning),
+                                            AMI_ALLOW_MGMT (empty: the editor from loopback only;
                                             loopback is always accepted). Ports: mesh AMI_MESH_PORT (5683), admin
                                             AMI_HTTP_PORT (1880), DLMS 4059 (TCP and UDP), OpenVPN management the
                                             port of a host:port AMI_BACKHAUL_MGMT, backhaul CoAP only when given.
                                             Exit 1 nft refused the ruleset (rolled back) or drift, 2 a bad address,
                                             3 no nft, or not root / without CAP_NET_ADMIN (the in-process
                                             allowlists keep working)
+  ami-gateway lowpan decode --hex FRAME [--json] [--fcs] [--context ID=PREFIX]...
+                                            decode an 802.15.4 frame (a sniffer capture): MAC header, ipv6.src/dst,
+                                            udp.srcPort/dstPort and the payload as hex; exit 1 for a malformed frame
+                                            (its error code and byte offset)
+  ami-gateway lowpan encode --src IPV6 --dst IPV6 --sport N --dport N --payload HEX --src-mac HEX --dst-mac HEX --pan HEX
+                    [--context ID=PREFIX]... [--fcs]
+                                            encode a UDP datagram as 6LoWPAN (RFC 6282 IPHC) frames, one per line
+                                            (RFC 4944 fragments when it does not fit one frame)
   ami-gateway hash-password                 read a password on stdin, print its bcrypt hash for adminUsers
   ami-gateway --version
 
@@ -462,6 +470,17 @@ export async function main(argv: string[]): Promise<number | undefined> {
           return result.exitCode;
         } catch (err) {
           if (err instanceof FirewallUsageError) throw new UsageError(err.message);
+          throw err;
+        }
+      }
+      case 'lowpan': {
+        const { lowpanCommand, LowpanUsageError } = await import('./cli-lowpan.js');
+        try {
+          const result = lowpanCommand(rest);
+          (result.output.startsWith('ami-gateway:') ? process.stderr : process.stdout).write(`${result.output}\n`);
+          return result.exitCode;
+        } catch (err) {
+          if (err instanceof LowpanUsageError) throw new UsageError(err.message);
           throw err;
         }
       }
