@@ -1,5 +1,6 @@
 import { EventEmitter } from 'node:events';
 import { createHash, randomUUID } from 'node:crypto';
+import type { Socket } from 'node:dgram';
 import type { AddressInfo } from 'node:net';
 import type { IncomingMessage, OutgoingMessage, Server } from 'coap';
 import { uintOption } from './options.js';
@@ -36,6 +37,12 @@ const CONTENT_FORMAT_OCTET_STREAM = 42;
 export interface MeshEndpointOptions {
   bind: string;
   port: number;
+  /**
+   * Another datagram transport than a UDP socket: the 6LoWPAN radio's
+   * (src/mesh/lowpan-transport.ts). Called at each start; the endpoint closes
+   * what it returns at stop. `bind` then only names the address family.
+   */
+  socket?: () => Socket;
   /** How long a reading may wait for acceptance before the meter is told to retry. */
   acceptTimeoutMs: number;
   /** Max-Age sent with 5.03: the meter waits at least this long before retrying. */
@@ -165,6 +172,8 @@ export function piggybackWindowMs(acceptTimeoutMs: number): number {
 
 export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
   private server: Server | undefined;
+  /** A socket from options.socket, which the endpoint closes itself. */
+  private ownSocket: Socket | undefined;
   private readonly uplinkListeners = new Set<UplinkListener>();
   private readonly dlmsListeners = new Set<DlmsUplinkListener>();
   private readonly resources = new Set<MeshResource>();
@@ -260,12 +269,15 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
       return (message, rsinfo) => this.screen(message, rsinfo, handle, sendRaw, server);
     };
     server.on('request', (req: IncomingMessage, res: OutgoingMessage) => this.handle(req, res));
-    const port = await listenCoapServer(server, this.options.port, this.options.bind);
+    const socket = this.options.socket?.();
+    const port = await listenCoapServer(server, this.options.port, this.options.bind, socket);
     if (this.stopped) {
       // stop() was called while the socket was opening.
       closeQuietly(server);
+      socket?.close();
       return;
     }
+    this.ownSocket = socket;
     // Forwarded only once listening: a bind failure is start()'s rejection, not an event.
     server.on('error', (err: Error) => this.emit('error', err));
     // Every ACK or RST the library sends is the answer to a request's message id: kept for its copies.
@@ -300,6 +312,10 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
     // Let the 5.03 answers leave the socket before it closes.
     await new Promise<void>((resolve) => setImmediate(resolve));
     await new Promise<void>((resolve) => server.close(() => resolve()));
+    // The library closes only sockets it made itself.
+    const socket = this.ownSocket;
+    this.ownSocket = undefined;
+    socket?.close();
   }
 
   /**

@@ -139,19 +139,22 @@ function sendWhileOpen(send: Socket['send'], args: unknown[]): void {
 }
 
 /**
- * Listens on `bind`:`port` and resolves with the bound port (the one the
+ * Listens on `bind`:`port` (or on `socket`, already open) and resolves with the bound port (the one the
  * system chose when `port` is 0). On failure (EADDRINUSE, EINVAL, ...) the
  * server is closed and the error rejected; nothing is left open.
  */
-export async function listenCoapServer(server: Server, port: number, bind: string): Promise<number> {
+export async function listenCoapServer(server: Server, port: number, bind: string, socket?: Socket): Promise<number> {
   try {
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
-      server.listen(port, bind, (err?: Error) => {
+      const done = (err?: Error): void => {
         server.off('error', reject);
         if (err) reject(err);
         else resolve();
-      });
+      };
+      // The library listens on any EventEmitter it is given (the radio transport's socket).
+      if (socket) server.listen(socket, done);
+      else server.listen(port, bind, done);
     });
   } catch (err) {
     closeQuietly(server);
