@@ -16,6 +16,9 @@ import {
 import { formatCoapUrl } from '../../src/coap/url.js';
 import { explainListenError } from '../../src/coap/server.js';
 import { gatewayHealth } from '../../src/appliance/health.js';
+import { SerialRadioLink, listSerialPorts, type RadioMetadataMode } from '../../src/mesh/radio-link.js';
+import { LowpanTransport } from '../../src/mesh/lowpan-transport.js';
+import { parseMacAddress } from '../../src/lowpan/index.js';
 import { ConfigUsers } from '../shared/config-users.js';
 import { booleanProperty, NodeConfigError, numberProperty, stringProperty } from '../shared/settings-values.js';
 import { MeshAllowlist } from '../../src/mesh/allowlist.js';
@@ -44,6 +47,58 @@ interface MeshEndpointDef extends NodeDef {
   maxRetransmit?: string;
   /** Requests to meters outstanding at once across the mesh (default 64). */
   maxConcurrent?: string;
+  /** 'udp' (default): the OS's IPv6 interface; 'radio': the serial 802.15.4 radio (6LoWPAN), issue 8. */
+  transport?: string;
+  /** The radio's serial port (a /dev path, better /dev/serial/by-id/...). */
+  radioPath?: string;
+  radioBaud?: string;
+  /** 'none' (default) or 'rssi-lqi' (docs/serial-radio.md). */
+  radioMetadata?: string;
+  /** The gateway's EUI-64 on the radio, 16 hex digits. */
+  radioMac?: string;
+  /** The PAN ID, hex (0xabcd or abcd). */
+  radioPan?: string;
+  /** The PAN's shared contexts, context 0 first: prefixes separated by commas or spaces. */
+  radioContexts?: string;
+}
+
+interface RadioSettings {
+  path: string;
+  baudRate: number;
+  metadata: RadioMetadataMode;
+  mac: string;
+  panId: number;
+  contexts: string[];
+}
+
+/** The radio settings of a mesh endpoint, checked; NodeConfigError names the field. */
+function radioSettings(def: MeshEndpointDef): RadioSettings {
+  const path = stringProperty(def.radioPath);
+  if (path === '') throw new NodeConfigError('Radio port: choose the serial port of the 802.15.4 radio');
+  const metadata = stringProperty(def.radioMetadata, 'none');
+  if (metadata !== 'none' && metadata !== 'rssi-lqi') throw new NodeConfigError(`Radio metadata must be none or rssi-lqi, got "${metadata}"`);
+  const mac = stringProperty(def.radioMac).replace(/[:-]/g, '').toLowerCase();
+  let parsed: ReturnType<typeof parseMacAddress> | undefined;
+  try {
+    parsed = parseMacAddress(mac);
+  } catch {
+    parsed = undefined;
+  }
+  if (parsed?.mode !== 'extended') throw new NodeConfigError(`Radio MAC address must be an EUI-64 of 16 hex digits, got "${def.radioMac ?? ''}"`);
+  const panText = stringProperty(def.radioPan).replace(/^0x/i, '');
+  if (!/^[0-9a-fA-F]{1,4}$/.test(panText) || parseInt(panText, 16) === 0xffff) throw new NodeConfigError(`PAN ID must be 1 to 4 hex digits (not ffff), got "${def.radioPan ?? ''}"`);
+  const contexts = stringProperty(def.radioContexts)
+    .split(/[\s,]+/)
+    .filter((entry) => entry !== '');
+  if (contexts.length > 16) throw new NodeConfigError('at most 16 6LoWPAN contexts');
+  return {
+    path,
+    baudRate: numberProperty('Radio baud rate', def.radioBaud, 115_200, 1_200, 4_000_000),
+    metadata,
+    mac,
+    panId: parseInt(panText, 16),
+    contexts,
+  };
 }
 
 const DEFAULT_MAX_CONCURRENT = 64;
@@ -65,6 +120,14 @@ function registerMeshRoutes(RED: NodeAPI): void {
   const app = RED.httpAdmin;
   if (routedApps.has(app)) return;
   routedApps.add(app);
+  // The edit dialog's port list; { unavailable } says why there is none (no udev in a container, ...).
+  app.get('/ami/serial-ports', RED.auth.needsPermission('ami-mesh-endpoint.read'), (_req: Request, res: Response) => {
+    res.set('Cache-Control', 'no-store');
+    listSerialPorts().then(
+      (result) => res.json(result),
+      (err: Error) => res.json({ unavailable: err.message }),
+    );
+  });
   app.get('/ami/mesh/meters', RED.auth.needsPermission('ami-mesh-endpoint.read'), (_req: Request, res: Response) => {
     res.set('Cache-Control', 'no-store');
     const endpoints = [...registries.entries()].map(([id, entry]) => {
@@ -121,6 +184,9 @@ export = function register(RED: NodeAPI): void {
     let maxRetransmit = RFC7252_TRANSMISSION.maxRetransmit;
     let maxConcurrent = DEFAULT_MAX_CONCURRENT;
     let client: Promise<MeshClient> | undefined;
+    let radio: RadioSettings | undefined;
+    let radioLink: SerialRadioLink | undefined;
+    let lowpan: LowpanTransport | undefined;
     const registryListeners = new Map<string, (event: MeshRegistryEvent) => void>();
     let stopForwarding: (() => void) | undefined;
     registries.set(node.id, { name: node.name ?? '', registry: () => registry });
@@ -141,6 +207,9 @@ export = function register(RED: NodeAPI): void {
       ackTimeoutMs = numberProperty('ACK timeout', def.ackTimeout, ackTimeoutMs, 10, 60_000);
       maxRetransmit = numberProperty('Retransmissions', def.maxRetransmit, maxRetransmit, 0, 10);
       maxConcurrent = numberProperty('Requests in flight', def.maxConcurrent, maxConcurrent, 1, 10_000);
+      const transport = stringProperty(def.transport, 'udp');
+      if (transport !== 'udp' && transport !== 'radio') throw new NodeConfigError(`Transport must be udp or radio, got "${transport}"`);
+      if (transport === 'radio') radio = radioSettings(def);
     } catch (err) {
       configError = (err as Error).message;
       node.error(`${RED._('ami-mesh-endpoint.errors.config')}: ${configError}`);
@@ -153,9 +222,12 @@ export = function register(RED: NodeAPI): void {
         return;
       }
       const list = allowlist;
+      const viaRadio = radio ? openRadio(radio) : undefined;
       const mesh = new MeshEndpoint({
-        bind,
+        // Over the radio: the same endpoint on a socket of the 6LoWPAN transport (bind only names the family).
+        bind: viaRadio ? '::' : bind,
         port,
+        ...(viaRadio ? { socket: () => viaRadio.socket(port) } : {}),
         acceptTimeoutMs,
         retryAfterSeconds,
         ...(list && !list.allowsAll ? { allowSource: (address: string) => list.allows(address) } : {}),
@@ -249,10 +321,46 @@ export = function register(RED: NodeAPI): void {
       await lease?.release();
     }
 
+    /**
+     * The serial radio and its 6LoWPAN transport, opened with the endpoint. The
+     * link reopens by itself after an unplug; its state shows in the users'
+     * status and in /ami/health.
+     */
+    function openRadio(settings: RadioSettings): LowpanTransport {
+      if (lowpan) return lowpan;
+      const link = new SerialRadioLink({ path: settings.path, baudRate: settings.baudRate, metadata: settings.metadata });
+      const transport = new LowpanTransport({ link, mac: settings.mac, panId: settings.panId, contexts: settings.contexts });
+      link.on('up', (up) => {
+        gatewayHealth.setProblem(`${healthKey} radio`, undefined);
+        node.log(RED._('ami-mesh-endpoint.log.radio-up', { path: settings.path, device: up.device }));
+        if (endpoint?.port !== undefined) users.status({ fill: 'green', shape: 'dot', text: `radio ${settings.path} [${transport.address}]:${endpoint.port}` });
+      });
+      link.on('down', (down) => {
+        gatewayHealth.setProblem(`${healthKey} radio`, `the radio on ${settings.path} is down: ${down.reason}`);
+        node.warn(RED._('ami-mesh-endpoint.errors.radio-down', { path: settings.path, reason: down.reason }));
+        users.status({ fill: 'red', shape: 'ring', text: RED._('ami-mesh-endpoint.status.radio-down') });
+      });
+      link.on('error', (err) => node.debug(`radio ${settings.path}: ${err.message}`));
+      void link.open();
+      radioLink = link;
+      lowpan = transport;
+      return transport;
+    }
+
+    async function closeRadio(): Promise<void> {
+      const transport = lowpan;
+      const link = radioLink;
+      lowpan = undefined;
+      radioLink = undefined;
+      gatewayHealth.setProblem(`${healthKey} radio`, undefined);
+      await transport?.close();
+      await link?.close();
+    }
+
     function listen(mesh: MeshEndpoint): void {
       mesh.start().then(
         () => {
-          const where = formatCoapUrl(bind, mesh.port ?? port);
+          const where = lowpan ? `radio ${radio?.path ?? ''} [${lowpan.address}]:${mesh.port ?? port}` : formatCoapUrl(bind, mesh.port ?? port);
           node.log(RED._('ami-mesh-endpoint.log.listening', { url: where }));
           const granted = mesh.receiveBufferBytes;
           // Linux reports twice the buffer it keeps; below half the request, bursts may be dropped.
@@ -261,9 +369,10 @@ export = function register(RED: NodeAPI): void {
               `the mesh socket's receive buffer is ${Math.round(granted / 1024)} KiB, not the ${RECEIVE_BUFFER_BYTES / 1024} KiB asked for: raise net.core.rmem_max (sysctl) so bursts from many meters are not dropped`,
             );
           }
-          if (bind === '::' && ipv6OnlyByDefault()) node.warn(RED._('ami-mesh-endpoint.errors.v6only'));
+          if (!lowpan && bind === '::' && ipv6OnlyByDefault()) node.warn(RED._('ami-mesh-endpoint.errors.v6only'));
           gatewayHealth.setProblem(healthKey, undefined);
-          users.status({ fill: 'green', shape: 'dot', text: where.replace('coap://', '') });
+          if (radioLink && !radioLink.isUp) users.status({ fill: 'red', shape: 'ring', text: RED._('ami-mesh-endpoint.status.radio-down') });
+          else users.status({ fill: 'green', shape: 'dot', text: where.replace('coap://', '') });
         },
         (err: NodeJS.ErrnoException) => {
           const explained = explainListenError(err, bind);
@@ -302,6 +411,8 @@ export = function register(RED: NodeAPI): void {
 
     node.meshClient = () => {
       if (configError !== undefined) return Promise.reject(new Error(configError));
+      // Over the radio the client has a port of its own on the same 6LoWPAN transport.
+      if (lowpan) client ??= Promise.resolve(new MeshClient(lowpan.transport(), { transmission: { ackTimeoutMs, maxRetransmit }, maxConcurrent }));
       client ??= MeshClient.open(
         // The client's own socket on the endpoint's address: meters answer whichever port asked.
         { bind, receiveBufferBytes: RECEIVE_BUFFER_BYTES },
@@ -336,6 +447,7 @@ export = function register(RED: NodeAPI): void {
         const closing = endpoint;
         endpoint = undefined;
         await closing.stop();
+        await closeRadio();
       }
     };
 
@@ -348,6 +460,7 @@ export = function register(RED: NodeAPI): void {
       const closing = endpoint;
       endpoint = undefined;
       Promise.all([closing ? closing.stop() : Promise.resolve(), closeClient()])
+        .then(() => closeRadio())
         .then(() => closeRegistry())
         .then(done, (err: Error) => {
           node.error(err.message);

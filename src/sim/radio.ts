@@ -253,3 +253,32 @@ function corruptEscape(encoded: Buffer): Buffer {
   const middle = Math.max(1, Math.floor(encoded.length / 2));
   return Buffer.concat([encoded.subarray(0, middle), Buffer.from([SLIP_ESC, 0x00]), encoded.subarray(middle)]);
 }
+
+/**
+ * The far side of the air for a simulated meter behind the radio: frames the
+ * host (the gateway) sent arrive as received frames, and what the meter sends
+ * goes to the host as the radio would deliver it. A LowpanTransport on it is a
+ * meter's 6LoWPAN stack.
+ */
+export function meterSideOf(radio: SimulatedRadio): {
+  send(frame: Uint8Array): Promise<void>;
+  on(event: 'frame', listener: (received: { frame: Buffer }) => void): unknown;
+  off(event: 'frame', listener: (received: { frame: Buffer }) => void): unknown;
+} {
+  const adapters = new Map<(received: { frame: Buffer }) => void, (frame: Buffer) => void>();
+  return {
+    send: (frame) => radio.send(frame),
+    on(_event, listener) {
+      const adapter = (frame: Buffer): void => listener({ frame });
+      adapters.set(listener, adapter);
+      radio.on('frame', adapter);
+      return this;
+    },
+    off(_event, listener) {
+      const adapter = adapters.get(listener);
+      if (adapter) radio.off('frame', adapter);
+      adapters.delete(listener);
+      return this;
+    },
+  };
+}
