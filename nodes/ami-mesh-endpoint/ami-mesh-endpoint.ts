@@ -364,7 +364,8 @@ export = function register(RED: NodeAPI): void {
           node.log(RED._('ami-mesh-endpoint.log.listening', { url: where }));
           const granted = mesh.receiveBufferBytes;
           // Linux reports twice the buffer it keeps; below half the request, bursts may be dropped.
-          if (granted !== undefined && granted < RECEIVE_BUFFER_BYTES) {
+          // The radio has no kernel socket buffer: frames come at the serial line's pace.
+          if (!lowpan && granted !== undefined && granted < RECEIVE_BUFFER_BYTES) {
             node.warn(
               `the mesh socket's receive buffer is ${Math.round(granted / 1024)} KiB, not the ${RECEIVE_BUFFER_BYTES / 1024} KiB asked for: raise net.core.rmem_max (sysctl) so bursts from many meters are not dropped`,
             );

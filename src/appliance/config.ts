@@ -59,7 +59,30 @@ export interface ApplianceConfig {
    * changes its firewall.
    */
   firewall: FirewallMode;
+  /**
+   * AMI_MESH_TRANSPORT: how the mesh endpoint reaches the meters, `udp` (the
+   * OS's IPv6 interface, default) or `radio` (the serial 802.15.4 radio,
+   * 6LoWPAN; docs/serial-radio.md), with its settings.
+   */
+  meshTransport: 'udp' | 'radio';
+  radio: RadioConfig | undefined;
   logLevel: LogLevel;
+}
+
+/** The serial radio (AMI_RADIO_*), checked when AMI_MESH_TRANSPORT=radio. */
+export interface RadioConfig {
+  /** AMI_RADIO_PORT: /dev/ttyUSB0, or better a /dev/serial/by-id/... link. */
+  port: string;
+  /** AMI_RADIO_BAUD, default 115200. */
+  baudRate: number;
+  /** AMI_RADIO_METADATA: none (default) or rssi-lqi. */
+  metadata: 'none' | 'rssi-lqi';
+  /** AMI_RADIO_MAC: the gateway's EUI-64, 16 hex digits. */
+  mac: string;
+  /** AMI_RADIO_PAN: the PAN ID, hex. */
+  pan: string;
+  /** AMI_RADIO_CONTEXTS: the PAN's 6LoWPAN context prefixes, context 0 first. */
+  contexts: string;
 }
 
 export const FIREWALL_MODES = ['off', 'enforce'] as const;
@@ -151,6 +174,32 @@ function firewallMode(env: Env): FirewallMode {
   return raw as FirewallMode;
 }
 
+function meshTransport(env: Env): 'udp' | 'radio' {
+  const raw = nonEmpty(env, 'AMI_MESH_TRANSPORT') ?? 'udp';
+  if (raw !== 'udp' && raw !== 'radio') throw new ConfigError('AMI_MESH_TRANSPORT', `expected udp or radio, got "${raw}"`);
+  return raw;
+}
+
+function radioConfig(env: Env): RadioConfig {
+  const port = nonEmpty(env, 'AMI_RADIO_PORT');
+  if (port === undefined) throw new ConfigError('AMI_RADIO_PORT', 'AMI_MESH_TRANSPORT=radio needs the radio\'s serial port, e.g. /dev/serial/by-id/usb-...');
+  const metadata = nonEmpty(env, 'AMI_RADIO_METADATA') ?? 'none';
+  if (metadata !== 'none' && metadata !== 'rssi-lqi') throw new ConfigError('AMI_RADIO_METADATA', `expected none or rssi-lqi, got "${metadata}"`);
+  const mac = (nonEmpty(env, 'AMI_RADIO_MAC') ?? '').replace(/[:-]/g, '').toLowerCase();
+  if (!/^[0-9a-f]{16}$/.test(mac)) throw new ConfigError('AMI_RADIO_MAC', `expected the gateway's EUI-64 as 16 hex digits, got "${env.AMI_RADIO_MAC ?? ''}"`);
+  const pan = (nonEmpty(env, 'AMI_RADIO_PAN') ?? '').replace(/^0x/i, '');
+  if (!/^[0-9a-fA-F]{1,4}$/.test(pan) || parseInt(pan, 16) === 0xffff) throw new ConfigError('AMI_RADIO_PAN', `expected a PAN ID of 1 to 4 hex digits (not ffff), got "${env.AMI_RADIO_PAN ?? ''}"`);
+  const baudRaw = nonEmpty(env, 'AMI_RADIO_BAUD');
+  return {
+    port,
+    baudRate: baudRaw === undefined ? 115_200 : parseInteger('AMI_RADIO_BAUD', baudRaw, 1_200, 4_000_000),
+    metadata,
+    mac,
+    pan,
+    contexts: nonEmpty(env, 'AMI_RADIO_CONTEXTS') ?? '',
+  };
+}
+
 function backhaulManagement(env: Env): string {
   const raw = nonEmpty(env, 'AMI_BACKHAUL_MGMT') ?? DEFAULT_MANAGEMENT_ADDRESS;
   try {
@@ -207,6 +256,8 @@ export function loadConfig(env: Env = process.env, cwd: string = process.cwd()):
     meshRegisteredOnly: flag(env, 'AMI_MESH_REGISTERED_ONLY', false),
     backhaulMgmt: backhaulManagement(env),
     firewall: firewallMode(env),
+    meshTransport: meshTransport(env),
+    radio: meshTransport(env) === 'radio' ? radioConfig(env) : undefined,
     logLevel: logLevelRaw as LogLevel,
   };
 }

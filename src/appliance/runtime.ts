@@ -110,6 +110,14 @@ export async function startAppliance(config: ApplianceConfig): Promise<RunningAp
     process.env.AMI_MESH_BIND = config.meshBind;
     process.env.AMI_ALLOW_MESH = config.allowMesh;
     process.env.AMI_MESH_REGISTERED_ONLY = String(config.meshRegisteredOnly);
+    // The default flow's mesh endpoint: UDP, or the serial radio (docs/serial-radio.md).
+    process.env.AMI_MESH_TRANSPORT = config.meshTransport;
+    process.env.AMI_RADIO_PORT = config.radio?.port ?? '';
+    process.env.AMI_RADIO_BAUD = String(config.radio?.baudRate ?? '');
+    process.env.AMI_RADIO_METADATA = config.radio?.metadata ?? '';
+    process.env.AMI_RADIO_MAC = config.radio?.mac ?? '';
+    process.env.AMI_RADIO_PAN = config.radio?.pan ?? '';
+    process.env.AMI_RADIO_CONTEXTS = config.radio?.contexts ?? '';
     // The default flow's allowlist and firewall nodes (docs/firewall.md).
     process.env.AMI_FIREWALL_APPLY = String(config.firewall === 'enforce');
     process.env.AMI_ALLOW_HES ??= '';
@@ -155,7 +163,10 @@ export async function startAppliance(config: ApplianceConfig): Promise<RunningAp
     const nodeRedVersion: unknown = RED.version;
     appLog.info(`Node-RED ${typeof nodeRedVersion === 'function' ? String(nodeRedVersion()) : String(nodeRedVersion)} running; editor at http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${httpPort}/`);
 
-    if (config.simMeters > 0) {
+    if (config.simMeters > 0 && config.meshTransport === 'radio') {
+      // The simulated fleet speaks UDP to the endpoint; over the radio only real (or radio-simulated) meters reach it.
+      appLog.warn(`AMI_SIM_METERS=${config.simMeters} is ignored with AMI_MESH_TRANSPORT=radio: the simulated meters use UDP, not the radio`);
+    } else if (config.simMeters > 0) {
       const fleet = new MeterFleet({
         count: config.simMeters,
         gateway: formatCoapUrl(meshTargetHost(config.meshBind), config.meshPort),

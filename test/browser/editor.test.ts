@@ -240,6 +240,108 @@ describe('Node-RED editor of the appliance (Chromium)', () => {
     await tabs.waitFor({ state: 'hidden' });
   });
 
+  it("offers the mesh endpoint's serial radio transport with the gateway's serial ports", async () => {
+    // What the dialog is told: the ports, or why there is no list (no udev in a container).
+    const listing = await fetch(`${appliance!.baseUrl}/ami/serial-ports`);
+    expect(listing.status).toBe(200);
+    const answer = (await listing.json()) as { ports?: Array<{ path: string; byId: string[] }>; unavailable?: string };
+
+    const meshIn = page.locator('.red-ui-tray', { has: page.locator('#node-input-ackMode') });
+    const node = flowNode(MESH_IN_ID).locator('rect.red-ui-flow-node');
+    await node.dblclick();
+    try {
+      await meshIn.waitFor({ state: 'visible', timeout: 5_000 });
+    } catch {
+      await node.click();
+      await page.keyboard.press('Enter');
+      await meshIn.waitFor({ state: 'visible' });
+    }
+    // The pencil next to the endpoint select edits the config node in a tray of its own.
+    await meshIn.locator('#node-input-btn-endpoint-edit').click();
+    const tray = page.locator('.red-ui-tray', { has: page.locator('#node-config-input-transport') });
+    await tray.waitFor({ state: 'visible' });
+    expect(await tray.locator('.red-ui-tray-titlebar').innerText()).toContain('mesh endpoint');
+
+    const transport = tray.locator('select#node-config-input-transport');
+    expect((await tray.locator('label[for="node-config-input-transport"]').innerText()).trim()).toBe('Transport');
+    // The default flow takes the transport from the environment; the select says so with an option of its own.
+    expect(await transport.inputValue()).toBe('${AMI_MESH_TRANSPORT}');
+    const options: Array<[string | null, string | null]> = [];
+    for (const option of await transport.locator('option').all()) {
+      options.push([await option.getAttribute('value'), await option.textContent()]);
+    }
+    expect(options).toEqual(
+      expect.arrayContaining([
+        ['udp', 'IPv6/UDP interface'],
+        ['radio', 'Serial 802.15.4 radio (6LoWPAN)'],
+      ]),
+    );
+    await transport.selectOption('udp');
+    const bind = tray.locator('#node-config-input-bind');
+    const radioPath = tray.locator('#node-config-input-radioPath');
+    await bind.waitFor({ state: 'visible' });
+    expect(await radioPath.isVisible()).toBe(false);
+
+    // The radio: its rows instead of the bind address; the port stays (the CoAP port on the radio).
+    await transport.selectOption('radio');
+    await radioPath.waitFor({ state: 'visible' });
+    await bind.waitFor({ state: 'hidden' });
+    await tray.locator('#node-config-input-port').waitFor({ state: 'visible' });
+    const labels: Array<[string, string]> = [
+      ['radioPath', 'Serial port'],
+      ['radioBaud', 'Baud rate'],
+      ['radioMetadata', 'Metadata'],
+      ['radioMac', 'MAC address'],
+      ['radioPan', 'PAN ID'],
+      ['radioContexts', 'Contexts'],
+    ];
+    for (const [field, label] of labels) {
+      await tray.locator(`#node-config-input-${field}`).waitFor({ state: 'visible' });
+      expect((await tray.locator(`label[for="node-config-input-${field}"]`).innerText()).trim()).toBe(label);
+    }
+    const metadata = tray.locator('select#node-config-input-radioMetadata');
+    // The default flow's radio settings are environment references too (AMI_RADIO_*).
+    expect(await metadata.inputValue()).toBe('${AMI_RADIO_METADATA}');
+    expect(await metadata.locator('option').evaluateAll((all) => all.map((o) => (o as HTMLOptionElement).value))).toEqual(
+      expect.arrayContaining(['none', 'rssi-lqi']),
+    );
+    // Required for the radio: marked while empty, until filled in.
+    const mac = tray.locator('#node-config-input-radioMac');
+    expect(await mac.inputValue()).toBe('${AMI_RADIO_MAC}');
+    await mac.fill('');
+    await mac.press('Tab');
+    await expect.poll(() => mac.getAttribute('class'), { timeout: STEP_MS, interval: 100 }).toContain('input-error');
+    await mac.fill('00:12:4b:00:01:02:03:04');
+    await mac.press('Tab'); // fill() sends input events; the editor validates on change (or keyup)
+    await expect.poll(() => mac.getAttribute('class'), { timeout: STEP_MS, interval: 100 }).not.toContain('input-error');
+
+    // The port field: the listed ports (by-id names first), or why there is no list. Typing stays possible.
+    const tip = tray.locator('#ami-mesh-endpoint-radioPath-tip');
+    await expect.poll(() => tip.getAttribute('data-state'), { timeout: STEP_MS, interval: 100 }).not.toBe('listing');
+    await tip.waitFor({ state: 'visible' });
+    const offered = await tray.locator('#ami-mesh-endpoint-radioPath-ports option').evaluateAll((all) => all.map((o) => (o as HTMLOptionElement).value));
+    if (answer.unavailable !== undefined) {
+      expect(await tip.innerText()).toBe(`port listing is unavailable: ${answer.unavailable}; type the path`);
+      expect(offered).toEqual([]);
+    } else if (answer.ports!.length > 0) {
+      expect(offered).toEqual(answer.ports!.map((port) => port.byId[0] ?? port.path));
+      expect(await tip.innerText()).toContain(`serial ports found: ${answer.ports!.length}`);
+    } else {
+      expect(await tip.innerText()).toBe('no serial port found; type the path');
+    }
+    await radioPath.fill('/dev/ttyACM0');
+    expect(await radioPath.inputValue()).toBe('/dev/ttyACM0');
+    expect(await tray.innerText()).not.toMatch(RAW_KEY);
+    await page.screenshot({ path: shot('mesh-endpoint-radio'), scale: 'css' });
+
+    // Cancelled: the flow is as deployed.
+    await tray.locator('#node-config-dialog-cancel').click();
+    await tray.waitFor({ state: 'detached' });
+    await meshIn.locator('#node-dialog-cancel').click();
+    await meshIn.waitFor({ state: 'detached' });
+    await page.locator('#red-ui-header-button-deploy.disabled').waitFor({ state: 'visible' });
+  });
+
   it('renders the editor without failed requests or script errors (screenshots for review)', async () => {
     await page.screenshot({ path: shot('editor'), scale: 'css' });
     await page.locator('#red-ui-palette-container-AMI_gateway').screenshot({ path: shot('palette-ami-gateway'), scale: 'device' });

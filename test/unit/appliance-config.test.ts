@@ -39,6 +39,26 @@ describe('loadConfig', () => {
     });
   });
 
+  it('reads the serial radio settings when AMI_MESH_TRANSPORT=radio, and refuses incomplete ones naming the variable', () => {
+    expect(loadConfig({}, '/srv/gw')).toMatchObject({ meshTransport: 'udp', radio: undefined });
+    const radio = { AMI_MESH_TRANSPORT: 'radio', AMI_RADIO_PORT: '/dev/serial/by-id/usb-radio', AMI_RADIO_MAC: '00:12:4B:00:00:00:00:01', AMI_RADIO_PAN: '0xABCD' };
+    expect(loadConfig(radio, '/srv/gw')).toMatchObject({
+      meshTransport: 'radio',
+      radio: { port: '/dev/serial/by-id/usb-radio', baudRate: 115_200, metadata: 'none', mac: '00124b0000000001', pan: 'ABCD', contexts: '' },
+    });
+    expect(loadConfig({ ...radio, AMI_RADIO_BAUD: '230400', AMI_RADIO_METADATA: 'rssi-lqi', AMI_RADIO_CONTEXTS: '2001:db8:1::/64' }, '/srv/gw').radio).toMatchObject({
+      baudRate: 230_400,
+      metadata: 'rssi-lqi',
+      contexts: '2001:db8:1::/64',
+    });
+    expect(() => loadConfig({ AMI_MESH_TRANSPORT: 'zigbee' }, '/srv/gw')).toThrow(/^AMI_MESH_TRANSPORT: expected udp or radio/);
+    expect(() => loadConfig({ ...radio, AMI_RADIO_PORT: '' }, '/srv/gw')).toThrow(/^AMI_RADIO_PORT: /);
+    expect(() => loadConfig({ ...radio, AMI_RADIO_MAC: '1234' }, '/srv/gw')).toThrow(/^AMI_RADIO_MAC: /);
+    expect(() => loadConfig({ ...radio, AMI_RADIO_PAN: 'ffff' }, '/srv/gw')).toThrow(/^AMI_RADIO_PAN: /);
+    expect(() => loadConfig({ ...radio, AMI_RADIO_METADATA: 'rssi' }, '/srv/gw')).toThrow(/^AMI_RADIO_METADATA: /);
+    expect(() => loadConfig({ ...radio, AMI_RADIO_BAUD: '12' }, '/srv/gw')).toThrow(/AMI_RADIO_BAUD/);
+  });
+
   it('reads AMI_FIREWALL as off or enforce and refuses anything else', () => {
     expect(loadConfig({ AMI_FIREWALL: 'enforce' }, '/srv/gw').firewall).toBe('enforce');
     expect(loadConfig({ AMI_FIREWALL: ' off ' }, '/srv/gw').firewall).toBe('off');
