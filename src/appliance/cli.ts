@@ -111,6 +111,13 @@ Usage:
                     [--context ID=PREFIX]... [--fcs]
                                             encode a UDP datagram as 6LoWPAN (RFC 6282 IPHC) frames, one per line
                                             (RFC 4944 fragments when it does not fit one frame)
+  ami-gateway optical ident --port PATH [--baud 9600] [--user NAME] [--user-id N] [--password TEXT] [--json]
+  ami-gateway optical read --port PATH --table N|STn|MTn [--offset N --count N] [same options]
+                                            a session with a meter through its optical port (ANSI C12.18):
+                                            identify, negotiate, logon, security (--password or
+                                            AMI_OPTICAL_PASSWORD), read, logoff, terminate; ident also decodes
+                                            ST1 and ST5. Exit 1 the meter refused or the link failed (its code),
+                                            3 the port cannot be opened
   ami-gateway hash-password                 read a password on stdin, print its bcrypt hash for adminUsers
   ami-gateway --version
 
@@ -481,6 +488,17 @@ export async function main(argv: string[]): Promise<number | undefined> {
           return result.exitCode;
         } catch (err) {
           if (err instanceof LowpanUsageError) throw new UsageError(err.message);
+          throw err;
+        }
+      }
+      case 'optical': {
+        const { opticalCommand, OpticalUsageError } = await import('./cli-optical.js');
+        try {
+          const result = await opticalCommand(rest);
+          (result.output.startsWith('ami-gateway:') ? process.stderr : process.stdout).write(`${result.output}\n`);
+          return result.exitCode;
+        } catch (err) {
+          if (err instanceof OpticalUsageError) throw new UsageError(err.message);
           throw err;
         }
       }
