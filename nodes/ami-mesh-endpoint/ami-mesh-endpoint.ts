@@ -301,10 +301,30 @@ export = function register(RED: NodeAPI): void {
       stopForwarding = onRegistryEvents(opened, (event) => {
         for (const listener of registryListeners.values()) listener(event);
       });
-      opened.on('joined', (meter) => node.debug(RED._('ami-mesh-endpoint.log.joined', { endpoint: meter.endpoint, address: `[${meter.address.address}]:${meter.address.port}` })));
+      opened.on('joined', (meter) => {
+        node.debug(RED._('ami-mesh-endpoint.log.joined', { endpoint: meter.endpoint, address: `[${meter.address.address}]:${meter.address.port}` }));
+        recordRadioMetrics(opened, meter);
+      });
       opened.on('removed', (meter, reason) => {
         if (reason === 'expired') node.log(RED._('ami-mesh-endpoint.log.expired', { endpoint: meter.endpoint, reason }));
       });
+    }
+
+    /**
+     * Over the radio the gateway hears each meter's frames itself: a meter
+     * that joins without reporting its own RSSI/LQI gets what the radio
+     * measured on its last frame (the registration's), so `mesh topology`
+     * can flag weak links. Metrics the meter reported are left as they are.
+     */
+    function recordRadioMetrics(opened: MeterRegistry, meter: { endpoint: string; sector?: string; address: { address: string }; metrics: { rssi?: number; lqi?: number } }): void {
+      const heard = lowpan?.neighbour(meter.address.address);
+      if (!heard || (meter.metrics.rssi !== undefined && meter.metrics.lqi !== undefined)) return;
+      const metrics = {
+        ...(meter.metrics.rssi === undefined && heard.rssi !== undefined ? { rssi: heard.rssi } : {}),
+        ...(meter.metrics.lqi === undefined && heard.lqi !== undefined ? { lqi: heard.lqi } : {}),
+      };
+      if (Object.keys(metrics).length === 0) return;
+      opened.updateMetrics(meter.endpoint, metrics, meter.sector).catch((err: Error) => node.debug(`radio metrics for ${meter.endpoint}: ${err.message}`));
     }
 
     async function closeRegistry(): Promise<void> {

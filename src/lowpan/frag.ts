@@ -174,6 +174,14 @@ export class Reassembler {
   /** In creation order, which is expiry order: expire() stops at the first one still alive. */
   private readonly reassemblies = new Map<string, Reassembly>();
   private readonly bytesPerPeer = new Map<string, number>();
+  /**
+   * Datagrams refused over a cap, by key, with when: their later fragments are
+   * refused too. Otherwise a later fragment, arriving once room is free again,
+   * would reserve the whole datagram although the refused fragment is gone
+   * for good: an orphan that can never complete and holds its bytes until the
+   * timeout, crowding out datagrams that could (seen in test/bench/radio.mjs).
+   */
+  private readonly refused = new Map<string, number>();
   private bytesHeld = 0;
   private completed = 0;
   private timedOut = 0;
@@ -231,9 +239,11 @@ export class Reassembler {
       }
     }
     if (!reassembly) {
+      if (this.refused.has(key)) return { status: 'dropped', reason: 'over-cap' };
       const peerBytes = this.bytesPerPeer.get(peer) ?? 0;
       if (peerBytes + size > this.maxBytesPerPeer || this.bytesHeld + size > this.maxBytesTotal) {
         this.droppedOverCap++;
+        this.refuse(key, now);
         return { status: 'dropped', reason: 'over-cap' };
       }
       reassembly = { key, peer, size, buffer: new Uint8Array(size), ranges: [], received: 0, startedAt: now, udpChecksumElided: false };
@@ -277,7 +287,25 @@ export class Reassembler {
     };
   }
 
+  /** Remembers a refused datagram for the reassembly timeout, at most as many as could be held in progress. */
+  private refuse(key: string, now: number): void {
+    this.refused.delete(key);
+    this.refused.set(key, now);
+    // Each refused datagram was at least 8 bytes: no more keys than the total cap has 8-byte units.
+    const limit = Math.max(64, Math.floor(this.maxBytesTotal / 8));
+    while (this.refused.size > limit) {
+      const oldest = this.refused.keys().next().value;
+      if (oldest === undefined) break;
+      this.refused.delete(oldest);
+    }
+  }
+
   private expireBefore(cutoff: number, stopAtFirstAlive: boolean): number {
+    // Refusals are in time order too.
+    for (const [key, at] of this.refused) {
+      if (at > cutoff) break;
+      this.refused.delete(key);
+    }
     let count = 0;
     for (const reassembly of this.reassemblies.values()) {
       if (reassembly.startedAt > cutoff) {

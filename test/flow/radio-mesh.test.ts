@@ -1,3 +1,6 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { NodeStatus } from 'node-red';
 import * as coap from 'coap';
@@ -46,11 +49,14 @@ describe.skipIf(problem !== undefined)(`mesh endpoint over the serial radio${pro
   let pty: PtyPair;
   let radio: SimulatedRadio;
   let meter: LowpanTransport;
+  let storeDir: string;
   const closers: Array<() => Promise<void> | void> = [];
 
   beforeEach(async () => {
+    storeDir = mkdtempSync(path.join(os.tmpdir(), 'ami-radio-store-'));
     pty = await openPtyPair();
-    radio = await SimulatedRadio.open({ path: pty.b });
+    // The radio firmware appends RSSI and LQI to each frame it hands the gateway.
+    radio = await SimulatedRadio.open({ path: pty.b, metadata: 'rssi-lqi', rssi: -91, lqi: 97 });
     meter = new LowpanTransport({ link: meterSideOf(radio), mac: METER_MAC, panId: 0xabcd, contexts: CONTEXTS });
   });
 
@@ -60,6 +66,7 @@ describe.skipIf(problem !== undefined)(`mesh endpoint over the serial radio${pro
     await meter.close();
     await radio.close();
     await pty.close();
+    rmSync(storeDir, { recursive: true, force: true });
   });
 
   async function deploy(): Promise<void> {
@@ -71,7 +78,8 @@ describe.skipIf(problem !== undefined)(`mesh endpoint over the serial radio${pro
         transport: 'radio',
         radioPath: pty.a,
         radioBaud: '115200',
-        radioMetadata: 'none',
+        radioMetadata: 'rssi-lqi',
+        store: 'store',
         radioMac: GATEWAY_MAC,
         radioPan: 'abcd',
         radioContexts: CONTEXTS.join(' '),
@@ -79,12 +87,23 @@ describe.skipIf(problem !== undefined)(`mesh endpoint over the serial radio${pro
         acceptTimeout: '3000',
         retryAfter: '30',
       },
+      { id: 'store', type: 'ami-store', path: path.join(storeDir, 'db') },
       { id: 'in', z: 'f1', x: 0, y: 0, type: 'ami-mesh-in', endpoint: 'mesh', ackMode: 'received', wires: [['seen']] },
       { id: 'seen', z: 'f1', x: 0, y: 0, type: 'helper' },
       { id: 'req', z: 'f1', x: 0, y: 0, type: 'ami-mesh-request', endpoint: 'mesh', method: 'POST', path: '/echo', priority: 'metrology', contentFormat: '', output: 'raw', wires: [['responses']] },
       { id: 'responses', z: 'f1', x: 0, y: 0, type: 'helper' },
     ]);
+    const node = helper.getNode('mesh')!;
+    const serving = new Promise<void>((resolve) =>
+      node.on('call:log', (call: unknown) => {
+        if (/registry/.test(String((call as { args: unknown[] }).args[0]))) resolve();
+      }),
+    );
     await statusOf('in', (s) => s.fill === 'green' && String(s.text).includes(GATEWAY_ADDRESS));
+    // The resource directory serves once the registry has loaded (it may have before the listener above).
+    const meters = await helper.request().get('/ami/mesh/meters');
+    const loaded = (meters.body as { endpoints: { id: string; registry: boolean }[] }).endpoints.some((e) => e.id === 'mesh' && e.registry);
+    if (!loaded) await serving;
   }
 
   it("carries a meter's reading over the radio to mesh in and the 2.04 back, also fragmented", async () => {
@@ -103,6 +122,31 @@ describe.skipIf(problem !== undefined)(`mesh endpoint over the serial radio${pro
     }
     // The large one did not fit a frame: the meter sent RFC 4944 fragments (more frames than datagrams).
     expect(meter.counters.framesOut).toBeGreaterThan(meter.counters.datagramsOut);
+  });
+
+  it('registers a meter over the radio with the resource directory, its link metrics measured by the radio', async () => {
+    await deploy();
+    const client = new MeshClient(meter.transport());
+    closers.push(() => client.close());
+    const response = await client.request({
+      peer: { address: GATEWAY_ADDRESS, port: 5683 },
+      method: 'POST',
+      path: '/rd',
+      query: 'ep=mtr-radio-rd&lt=600',
+      payload: Buffer.from('</1/0/0>;rt="meter"'),
+      contentFormat: 40,
+    });
+    expect(response.code).toBe('2.01');
+    const endpoint = helper.getNode('mesh') as unknown as { meterRegistry(): { byEndpoint(name: string): { address: { address: string }; metrics: { rssi?: number; lqi?: number } } | undefined } | undefined };
+    const registry = endpoint.meterRegistry()!;
+    await new Promise<void>((resolve) => {
+      const check = (): void => {
+        if (registry.byEndpoint('mtr-radio-rd')?.metrics.rssi !== undefined) resolve();
+        else (registry as unknown as { once(event: string, listener: () => void): void }).once('updated', check);
+      };
+      check();
+    });
+    expect(registry.byEndpoint('mtr-radio-rd')).toMatchObject({ address: { address: METER_ADDRESS }, metrics: { rssi: -91, lqi: 97 } });
   });
 
   it('sends a mesh request to the meter over the radio and outputs its answer, fragmented both ways', async () => {

@@ -220,6 +220,27 @@ describe('Reassembler', () => {
     expect(reassembler.stats()).toMatchObject({ droppedOverCap: 2, bytesHeld: 3 * size });
   });
 
+  it('refuses the later fragments of a datagram refused over its cap, so no orphan holds room it can never use', () => {
+    let now = 0;
+    const reassembler = new Reassembler({ now: () => now, maxBytesPerPeer: 10_000, maxBytesTotal: 600, timeoutMs: 60_000 });
+    const a = bigDatagram(200, { tag: 1 });
+    const b = bigDatagram(200, { tag: 2 });
+    const c = bigDatagram(200, { tag: 3 });
+    expect(reassembler.add(fragmentOf(a[0]!)).status).toBe('pending');
+    expect(reassembler.add(fragmentOf(b[0]!)).status).toBe('pending');
+    expect(reassembler.add(fragmentOf(c[0]!))).toMatchObject({ status: 'dropped', reason: 'over-cap' });
+    // a completes and frees its room; c's later fragments must not reserve it: c's first fragment is gone.
+    expect(reassemble(reassembler, a.slice(1)).status).toBe('complete');
+    for (const fragment of c.slice(1)) expect(reassembler.add(fragmentOf(fragment))).toMatchObject({ status: 'dropped', reason: 'over-cap' });
+    expect(reassembler.stats()).toMatchObject({ inProgress: 1, droppedOverCap: 1 });
+    // The room is there for a datagram that can complete.
+    const d = bigDatagram(200, { tag: 4 });
+    expect(reassemble(reassembler, d).status).toBe('complete');
+    // After the reassembly timeout the refusal is forgotten: the tag may be used again.
+    now = 61_000;
+    expect(reassemble(reassembler, bigDatagram(200, { tag: 3 })).status).toBe('complete');
+  });
+
   it('stays within its caps under 1,000 interleaved peers and completes what fits', () => {
     const maxBytesTotal = 64 * 1024;
     const maxBytesPerPeer = 2 * 2047;
