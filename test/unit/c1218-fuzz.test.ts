@@ -26,6 +26,7 @@ import {
   type TableFormat,
 } from '../../src/c1218/index.js';
 import { defaultC1218MeterTables } from '../../src/sim/c1218-meter.js';
+import { Gen, prng, splice } from '../helpers/fuzz.js';
 
 /**
  * Malformed C12.18 packets through the packet decoders (strict and streaming)
@@ -40,37 +41,6 @@ const SEED = process.env.C1218_FUZZ_SEED ? Number(process.env.C1218_FUZZ_SEED) :
 const RANDOM_PACKETS = 30_000;
 const MUTATED_PACKETS = 100_000;
 
-/** mulberry32: small, fast, seedable. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-class Gen {
-  constructor(readonly next: () => number) {}
-  int(min: number, max: number): number {
-    return min + Math.floor(this.next() * (max - min + 1));
-  }
-  pick<T>(items: readonly T[]): T {
-    const item = items[this.int(0, items.length - 1)];
-    if (item === undefined) throw new Error('pick from an empty list');
-    return item;
-  }
-  chance(p: number): boolean {
-    return this.next() < p;
-  }
-  bytes(n: number): Uint8Array {
-    const out = new Uint8Array(n);
-    for (let i = 0; i < n; i++) out[i] = this.int(0, 255);
-    return out;
-  }
-}
 
 const REFUSALS: RefusalName[] = ['ERR', 'SNS', 'ISC', 'ONP', 'IAR', 'BSY', 'DNR', 'DLK', 'RNO', 'ISSS'];
 const INTERESTING = [STP, ACK, NAK, 0x00, 0x01, 0x20, 0x30, 0x3f, 0x50, 0x60, 0x6b, 0x7f, 0x80, 0xc0, 0xe0, 0xff];
@@ -115,15 +85,6 @@ function applicationData(g: Gen): Uint8Array {
 
 function validPacket(g: Gen): Uint8Array {
   return encodePacket({ identity: g.chance(0.9) ? 0 : g.int(0, 255), ctrl: g.pick([0x00, 0x20, 0xc0, 0x80, 0xa0, 0xe0]), sequence: g.int(0, 3), data: applicationData(g) });
-}
-
-function splice(b: Uint8Array, at: number, remove: number, insert: ArrayLike<number> = []): Uint8Array {
-  const end = Math.min(b.length, at + remove);
-  const out = new Uint8Array(b.length - (end - at) + insert.length);
-  out.set(b.subarray(0, at));
-  out.set(insert, at);
-  out.set(b.subarray(end), at + insert.length);
-  return out;
 }
 
 function mutate(g: Gen, input: Uint8Array): Uint8Array {

@@ -12,6 +12,7 @@ import {
   type DlmsData,
   type XdlmsApdu,
 } from '../../src/dlms/index.js';
+import { Gen, prng, splice } from '../helpers/fuzz.js';
 
 /**
  * Random and mutated frames through every decoder. Each call must return or
@@ -24,36 +25,7 @@ const SEED = process.env.DLMS_FUZZ_SEED ? Number(process.env.DLMS_FUZZ_SEED) : 0
 const RANDOM_FRAMES = 50_000;
 const MUTATED_FRAMES = 100_000;
 
-/** mulberry32: small, fast, seedable. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-class Gen {
-  constructor(readonly next: () => number) {}
-  int(min: number, max: number): number {
-    return min + Math.floor(this.next() * (max - min + 1));
-  }
-  pick<T>(items: readonly T[]): T {
-    const item = items[this.int(0, items.length - 1)];
-    if (item === undefined) throw new Error('pick from an empty list');
-    return item;
-  }
-  chance(p: number): boolean {
-    return this.next() < p;
-  }
-  bytes(n: number): Uint8Array {
-    const out = new Uint8Array(n);
-    for (let i = 0; i < n; i++) out[i] = this.int(0, 255);
-    return out;
-  }
+class DlmsGen extends Gen {
   obis(): string {
     return Array.from(this.bytes(6)).join('.');
   }
@@ -190,16 +162,7 @@ const DATA_TAGS = [0, 1, 2, 3, 4, 5, 6, 9, 10, 12, 13, 15, 16, 17, 18, 19, 20, 2
 const INTERESTING = [0x00, 0x01, 0x02, 0x06, 0x0c, 0x7f, 0x80, 0x81, 0x82, 0x83, 0x84, 0x85, 0xfe, 0xff];
 
 /** `b` with `remove` bytes at `at` replaced by `insert` (a new array). */
-function splice(b: Uint8Array, at: number, remove: number, insert: ArrayLike<number> = []): Uint8Array {
-  const end = Math.min(b.length, at + remove);
-  const out = new Uint8Array(b.length - (end - at) + insert.length);
-  out.set(b.subarray(0, at));
-  out.set(insert, at);
-  out.set(b.subarray(end), at + insert.length);
-  return out;
-}
-
-function mutate(g: Gen, input: Uint8Array): Uint8Array {
+function mutate(g: DlmsGen, input: Uint8Array): Uint8Array {
   let b: Uint8Array = new Uint8Array(input);
   const rounds = g.int(1, 3);
   for (let r = 0; r < rounds; r++) {
@@ -257,7 +220,7 @@ function mutate(g: Gen, input: Uint8Array): Uint8Array {
   return b;
 }
 
-function randomFrame(g: Gen): Uint8Array {
+function randomFrame(g: DlmsGen): Uint8Array {
   const b = g.bytes(g.int(0, 48));
   if (b.length && g.chance(0.6)) b[0] = g.chance(0.5) ? g.pick(TAGS) : g.pick(DATA_TAGS);
   if (b.length > 1 && g.chance(0.5)) b[1] = g.int(0, 6);
@@ -315,7 +278,7 @@ function checkFrame(frame: Uint8Array): Failure | undefined {
 
 describe('DLMS decoders under fuzzing', () => {
   it(`survive ${RANDOM_FRAMES} random and ${MUTATED_FRAMES} mutated frames (seed ${SEED})`, () => {
-    const g = new Gen(prng(SEED));
+    const g = new DlmsGen(prng(SEED));
     const corpus: Uint8Array[] = [];
     for (let i = 0; i < 300; i++) {
       const apdu = encodeApdu(g.apdu());

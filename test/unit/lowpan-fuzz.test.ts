@@ -20,6 +20,7 @@ import {
   type Fragment,
   type MacAddress,
 } from '../../src/lowpan/index.js';
+import { Gen, prng, splice } from '../helpers/fuzz.js';
 
 /**
  * Random and mutated frames through every 6LoWPAN decoder: the MAC decoder,
@@ -36,38 +37,9 @@ const RANDOM_FRAMES = 40_000;
 const MUTATED_FRAMES = 80_000;
 const REASSEMBLER_CAP = 16 * 1024;
 
-/** mulberry32: small, fast, seedable. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 const CONTEXTS: ContextTable = ['2001:db8:1::/64', undefined, { prefix: 'fd00:aa::', length: 48 }, '2001:db8:2:3:4::/80'];
 
-class Gen {
-  constructor(readonly next: () => number) {}
-  int(min: number, max: number): number {
-    return min + Math.floor(this.next() * (max - min + 1));
-  }
-  pick<T>(items: readonly T[]): T {
-    const item = items[this.int(0, items.length - 1)];
-    if (item === undefined) throw new Error('pick from an empty list');
-    return item;
-  }
-  chance(p: number): boolean {
-    return this.next() < p;
-  }
-  bytes(n: number): Uint8Array {
-    const out = new Uint8Array(n);
-    for (let i = 0; i < n; i++) out[i] = this.int(0, 255);
-    return out;
-  }
+class LowpanGen extends Gen {
   mac(): MacAddress {
     return this.chance(0.4) ? shortAddress(this.int(0, 0xffff)) : extendedAddress(Buffer.from(this.bytes(8)).toString('hex'));
   }
@@ -96,7 +68,7 @@ interface Sample {
 }
 
 /** Valid frames of every shape the encoders make, plus hand-assembled mesh/broadcast/2015 ones. */
-function buildCorpus(g: Gen): { frames: Sample[]; iphc: Array<{ bytes: Uint8Array; link: { src: MacAddress; dst: MacAddress } }> } {
+function buildCorpus(g: LowpanGen): { frames: Sample[]; iphc: Array<{ bytes: Uint8Array; link: { src: MacAddress; dst: MacAddress } }> } {
   const frames: Sample[] = [];
   const iphc: Array<{ bytes: Uint8Array; link: { src: MacAddress; dst: MacAddress } }> = [];
   const uncompressed: Array<{ bytes: Uint8Array }> = [];
@@ -154,16 +126,7 @@ function buildCorpus(g: Gen): { frames: Sample[]; iphc: Array<{ bytes: Uint8Arra
 
 const INTERESTING = [0x00, 0x01, 0x40, 0x41, 0x42, 0x50, 0x60, 0x7e, 0x7f, 0x80, 0xbf, 0xc0, 0xc7, 0xe0, 0xe7, 0xf0, 0xf7, 0xff];
 
-function splice(b: Uint8Array, at: number, remove: number, insert: ArrayLike<number> = []): Uint8Array {
-  const end = Math.min(b.length, at + remove);
-  const out = new Uint8Array(b.length - (end - at) + insert.length);
-  out.set(b.subarray(0, at));
-  out.set(insert, at);
-  out.set(b.subarray(end), at + insert.length);
-  return out;
-}
-
-function mutate(g: Gen, input: Uint8Array): Uint8Array {
+function mutate(g: LowpanGen, input: Uint8Array): Uint8Array {
   let b: Uint8Array = new Uint8Array(input);
   const rounds = g.int(1, 3);
   for (let r = 0; r < rounds; r++) {
@@ -204,7 +167,7 @@ function mutate(g: Gen, input: Uint8Array): Uint8Array {
   return b;
 }
 
-function randomBytes(g: Gen, first?: readonly number[]): Uint8Array {
+function randomBytes(g: LowpanGen, first?: readonly number[]): Uint8Array {
   const b = g.bytes(g.int(0, 130));
   if (b.length && first && g.chance(0.7)) b[0] = g.pick(first);
   return b;
@@ -234,7 +197,7 @@ interface Failure {
 }
 
 describe('6LoWPAN decoders under fuzzing', () => {
-  const g = new Gen(prng(SEED));
+  const g = new LowpanGen(prng(SEED));
   const corpus = buildCorpus(g);
   const failures: Failure[] = [];
   const note = (codec: string, input: Uint8Array, problem: string | undefined): void => {
