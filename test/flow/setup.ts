@@ -31,6 +31,7 @@ export const nodes = {
   relayCommand: requireFromHere(path.join(DIST, 'nodes/ami-relay-command/ami-relay-command.js')) as NodeModule,
   allowlist: requireFromHere(path.join(DIST, 'nodes/ami-allowlist/ami-allowlist.js')) as NodeModule,
   firewall: requireFromHere(path.join(DIST, 'nodes/ami-firewall/ami-firewall.js')) as NodeModule,
+  opticalRead: requireFromHere(path.join(DIST, 'nodes/ami-optical-read/ami-optical-read.js')) as NodeModule,
 };
 export const allNodes = Object.values(nodes);
 

@@ -75,7 +75,7 @@ describe('the npm package installed into a plain Node-RED', () => {
     expect(packedFiles.filter((file) => file.startsWith('test/'))).toEqual([]);
   });
 
-  it('registers our seventeen node types, enabled and without load errors', async () => {
+  it('registers our eighteen node types, enabled and without load errors', async () => {
     const response = await fetch(`${baseUrl}/nodes`, { headers: { accept: 'application/json' } });
     const sets = (await response.json()) as Array<{ module: string; types: string[]; enabled: boolean; err?: string }>;
     const ours = sets.filter((set) => set.module === 'node-red-contrib-ami-gateway');
@@ -94,6 +94,7 @@ describe('the npm package installed into a plain Node-RED', () => {
       'ami-mesh-events',
       'ami-mesh-in',
       'ami-mesh-request',
+      'ami-optical-read',
       'ami-relay',
       'ami-relay-command',
       'ami-store',
