@@ -13,6 +13,8 @@ import { meshMeterLister, untilRegistered } from '../helpers/fleet.js';
 import { freeUdpPort } from '../helpers/ports.js';
 import { createNamespace, removeStaleNamespaces, uniqueName } from '../helpers/netns.js';
 import { nftIn, nftSupport } from '../helpers/nft.js';
+import { openPtyPair, ptySupport } from '../helpers/pty.js';
+import { SimulatedC1218Meter } from '../../src/sim/c1218-meter.js';
 import { allNodes, coreNodes, initHelper, nextInput } from './setup.js';
 
 const helper = initHelper();
@@ -346,6 +348,35 @@ describe('shipped flows', () => {
       }
     },
   );
+
+  const ptyProblem = ptySupport('shipped-flows optical');
+  it.skipIf(ptyProblem !== undefined)(`optical-read.json reads ST1 and ST5 from a meter on the probe's port, and reports a missing probe to its catch node${ptyProblem ? ` (SKIPPED: ${ptyProblem})` : ''}`, async () => {
+    const pty = await openPtyPair();
+    const meter = await SimulatedC1218Meter.openSerial(pty.b);
+    try {
+      process.env.AMI_OPTICAL_PORT = pty.a;
+      await helper.load(modules, readFlow('optical-read.json'));
+      const tables = helper.getNode('d7e0c0de00000006')!;
+      const st1 = nextInput(tables);
+      helper.getNode('d7e0c0de00000003')!.receive({});
+      expect((await st1).payload).toMatchObject({ manufacturer: 'AMIG' });
+      const st5 = nextInput(tables);
+      helper.getNode('d7e0c0de00000004')!.receive({});
+      expect((await st5).payload).toMatchObject({ identification: 'SIM-C1218-0001' });
+      await helper.unload();
+
+      process.env.AMI_OPTICAL_PORT = path.join(pty.dir, 'no-probe');
+      await helper.load(modules, readFlow('optical-read.json'));
+      const caught = nextInput(helper.getNode('d7e0c0de00000008')!);
+      helper.getNode('d7e0c0de00000003')!.receive({});
+      expect(((await caught).error as { code: string }).code).toBe('PORT_OPEN_FAILED');
+    } finally {
+      delete process.env.AMI_OPTICAL_PORT;
+      await helper.unload();
+      await meter.close();
+      await pty.close();
+    }
+  });
 
   it('relay-commands.json refuses its inject buttons until a real TOTP code is set, and keeps a command for an unregistered meter waiting', async () => {
     const meshPort = await freeUdpPort();
