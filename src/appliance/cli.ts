@@ -118,6 +118,11 @@ Usage:
                                             AMI_OPTICAL_PASSWORD), read, logoff, terminate; ident also decodes
                                             ST1 and ST5. Exit 1 the meter refused or the link failed (its code),
                                             3 the port cannot be opened
+  ami-gateway firmware list|verify [--image ID] [--images DIR] [--json]
+                                            the signed firmware images (AMI_FIRMWARE_DIR, default
+                                            $AMI_DATA_DIR/firmware) checked against AMI_FIRMWARE_TRUST_ANCHORS:
+                                            signature, chain, size, SHA-256; verify exits 1 when an image is
+                                            quarantined (with its reason)
   ami-gateway hash-password                 read a password on stdin, print its bcrypt hash for adminUsers
   ami-gateway --version
 
@@ -499,6 +504,27 @@ export async function main(argv: string[]): Promise<number | undefined> {
           return result.exitCode;
         } catch (err) {
           if (err instanceof OpticalUsageError) throw new UsageError(err.message);
+          throw err;
+        }
+      }
+      case 'firmware': {
+        const { firmwareCommand, FirmwareUsageError } = await import('./cli-firmware.js');
+        const { readFileSync } = await import('node:fs');
+        const config = loadConfig();
+        const [action, ...options] = rest;
+        // --images DIR overrides AMI_FIRMWARE_DIR; the rest goes to the command.
+        const at = options.indexOf('--images');
+        const imagesDir = at >= 0 ? path.resolve(options[at + 1] ?? '') : config.firmwareDir;
+        if (at >= 0) options.splice(at, 2);
+        if (config.firmwareTrustAnchors === undefined) {
+          throw new ConfigError('AMI_FIRMWARE_TRUST_ANCHORS', "set it to a PEM file with the utility's firmware root CA: without it no image can be trusted");
+        }
+        try {
+          const result = await firmwareCommand([action ?? '', ...options], { imagesDir, trustAnchorsPem: [readFileSync(config.firmwareTrustAnchors, 'utf8')] });
+          (result.output.startsWith('ami-gateway:') ? process.stderr : process.stdout).write(`${result.output}\n`);
+          return result.exitCode;
+        } catch (err) {
+          if (err instanceof FirmwareUsageError) throw new UsageError(err.message);
           throw err;
         }
       }

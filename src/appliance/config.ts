@@ -66,6 +66,10 @@ export interface ApplianceConfig {
    */
   meshTransport: 'udp' | 'radio';
   radio: RadioConfig | undefined;
+  /** AMI_FIRMWARE_DIR: the signed firmware images the gateway distributes (default $AMI_DATA_DIR/firmware). */
+  firmwareDir: string;
+  /** AMI_FIRMWARE_TRUST_ANCHORS: PEM file with the utility's firmware root CA(s); without it no image is trusted. */
+  firmwareTrustAnchors: string | undefined;
   logLevel: LogLevel;
 }
 
@@ -210,11 +214,11 @@ function backhaulManagement(env: Env): string {
   return raw;
 }
 
-function trustAnchorsFile(env: Env, cwd: string): string | undefined {
-  const raw = nonEmpty(env, 'AMI_KEYS_TRUST_ANCHORS');
+function trustAnchorsFile(env: Env, cwd: string, variable = 'AMI_KEYS_TRUST_ANCHORS'): string | undefined {
+  const raw = nonEmpty(env, variable);
   if (raw === undefined) return undefined;
   const file = path.resolve(cwd, raw);
-  if (!existsSync(file)) throw new ConfigError('AMI_KEYS_TRUST_ANCHORS', `${file} does not exist`);
+  if (!existsSync(file)) throw new ConfigError(variable, `${file} does not exist`);
   return file;
 }
 
@@ -258,6 +262,8 @@ export function loadConfig(env: Env = process.env, cwd: string = process.cwd()):
     firewall: firewallMode(env),
     meshTransport: meshTransport(env),
     radio: meshTransport(env) === 'radio' ? radioConfig(env) : undefined,
+    firmwareDir: path.resolve(cwd, nonEmpty(env, 'AMI_FIRMWARE_DIR') ?? path.join(dataDir, 'firmware')),
+    firmwareTrustAnchors: trustAnchorsFile(env, cwd, 'AMI_FIRMWARE_TRUST_ANCHORS'),
     logLevel: logLevelRaw as LogLevel,
   };
 }
