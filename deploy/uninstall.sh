@@ -14,7 +14,8 @@
 #
 # npm runs no uninstall scripts (since npm 7), so this is the uninstall hook.
 # AMI_INSTALL_DIR, AMI_SYSTEMD_DIR, AMI_DATA_DIR and AMI_CONFIG_DIR override
-# the paths (the tests use them).
+# the paths (the tests use them); they must be absolute, and the install
+# directory must hold ami-gateway's package.json, or nothing is removed.
 set -eu
 
 purge=no
@@ -31,6 +32,19 @@ unit_dir=${AMI_SYSTEMD_DIR:-/etc/systemd/system}
 data_dir=${AMI_DATA_DIR:-/var/lib/ami-gateway}
 config_dir=${AMI_CONFIG_DIR:-/etc/ami-gateway}
 unit="$unit_dir/ami-gateway.service"
+
+# Everything below removes trees: only absolute paths other than /, and only an installed ami-gateway.
+for dir in "$install_dir" "$unit_dir" "$data_dir" "$config_dir"; do
+  case "$dir" in
+    /|/.|//*) echo "uninstall.sh: refusing to work on \"$dir\"" >&2; exit 2 ;;
+    /*) ;;
+    *) echo "uninstall.sh: \"$dir\" is not an absolute path" >&2; exit 2 ;;
+  esac
+done
+if ! grep -q '"name": "node-red-contrib-ami-gateway"' "$install_dir/package.json" 2>/dev/null; then
+  echo "uninstall.sh: $install_dir/package.json is not ami-gateway's; nothing was removed" >&2
+  exit 2
+fi
 
 if [ -f "$unit" ] && command -v systemctl >/dev/null 2>&1; then
   echo "stopping and disabling ami-gateway.service"

@@ -32,6 +32,9 @@ const TOPICS: readonly string[] = ['apply', 'verify', 'counters', 'remove'];
 
 const DEFAULT_DRIFT_S = DEFAULT_DRIFT_INTERVAL_MS / 1000;
 
+/** The same drift is reported to the HES at most once an hour. */
+const DRIFT_ALARM_REPEAT_MS = 3_600_000;
+
 function nftCommandOf(raw: unknown): NftCommand | undefined {
   if (raw === undefined || raw === null) return undefined;
   const candidate = raw as { file?: unknown; args?: unknown };
@@ -159,8 +162,16 @@ export = function register(RED: NodeAPI): void {
      * redelivery is stored once. A failed hand-over is a warning: the drift is
      * in the log and on the output anyway.
      */
+    /** The last drift reported to the HES: the same drift again within an hour is not reported again. */
+    let lastReported: { signature: string; at: number } | undefined;
+
     function reportDriftToHes(drift: DriftReport): void {
       if (hesId === '') return;
+      // A drift that persists (unrepairable, or something keeps flushing the table) is found at every check;
+      // the outbox never drops alarms, so repeating it every minute would crowd out meter readings in an outage.
+      const signature = `${drift.repaired}|${drift.error?.code ?? ''}|${drift.differences.join('|')}`;
+      if (lastReported && lastReported.signature === signature && drift.at - lastReported.at < DRIFT_ALARM_REPEAT_MS) return;
+      lastReported = { signature, at: drift.at };
       if (!hes) {
         node.warn(RED._('ami-firewall.warn.no-hes', { id: hesId }));
         return;

@@ -18,7 +18,7 @@ import { explainListenError } from '../../src/coap/server.js';
 import { gatewayHealth } from '../../src/appliance/health.js';
 import { SerialRadioLink, listSerialPorts, type RadioMetadataMode } from '../../src/mesh/radio-link.js';
 import { LowpanTransport } from '../../src/mesh/lowpan-transport.js';
-import { parseMacAddress } from '../../src/lowpan/index.js';
+import { normalizeContexts, parseMacAddress } from '../../src/lowpan/index.js';
 import { ConfigUsers } from '../shared/config-users.js';
 import { booleanProperty, NodeConfigError, numberProperty, stringProperty } from '../shared/settings-values.js';
 import { MeshAllowlist } from '../../src/mesh/allowlist.js';
@@ -91,6 +91,11 @@ function radioSettings(def: MeshEndpointDef): RadioSettings {
     .split(/[\s,]+/)
     .filter((entry) => entry !== '');
   if (contexts.length > 16) throw new NodeConfigError('at most 16 6LoWPAN contexts');
+  try {
+    normalizeContexts(contexts);
+  } catch (err) {
+    throw new NodeConfigError(`Contexts: ${(err as Error).message}`);
+  }
   return {
     path,
     baudRate: numberProperty('Radio baud rate', def.radioBaud, 115_200, 1_200, 4_000_000),
@@ -187,6 +192,8 @@ export = function register(RED: NodeAPI): void {
     let radio: RadioSettings | undefined;
     let radioLink: SerialRadioLink | undefined;
     let lowpan: LowpanTransport | undefined;
+    /** Registrations whose RSSI/LQI came from the radio (not from the meter), so newer measurements replace them. */
+    const radioMeasured = new Set<string>();
     const registryListeners = new Map<string, (event: MeshRegistryEvent) => void>();
     let stopForwarding: (() => void) | undefined;
     registries.set(node.id, { name: node.name ?? '', registry: () => registry });
@@ -305,6 +312,8 @@ export = function register(RED: NodeAPI): void {
         node.debug(RED._('ami-mesh-endpoint.log.joined', { endpoint: meter.endpoint, address: `[${meter.address.address}]:${meter.address.port}` }));
         recordRadioMetrics(opened, meter);
       });
+      // Each refresh of a registration brings the radio's newer measurement (the relay's link gate reads it).
+      opened.on('updated', (meter) => recordRadioMetrics(opened, meter));
       opened.on('removed', (meter, reason) => {
         if (reason === 'expired') node.log(RED._('ami-mesh-endpoint.log.expired', { endpoint: meter.endpoint, reason }));
       });
@@ -316,14 +325,18 @@ export = function register(RED: NodeAPI): void {
      * measured on its last frame (the registration's), so `mesh topology`
      * can flag weak links. Metrics the meter reported are left as they are.
      */
-    function recordRadioMetrics(opened: MeterRegistry, meter: { endpoint: string; sector?: string; address: { address: string }; metrics: { rssi?: number; lqi?: number } }): void {
+    function recordRadioMetrics(opened: MeterRegistry, meter: { id: string; endpoint: string; sector?: string; address: { address: string }; metrics: { rssi?: number; lqi?: number } }): void {
       const heard = lowpan?.neighbour(meter.address.address);
-      if (!heard || (meter.metrics.rssi !== undefined && meter.metrics.lqi !== undefined)) return;
+      if (!heard) return;
+      // Values the meter reported itself stay; values the radio measured are replaced by newer ones.
+      const ours = radioMeasured.has(meter.id);
       const metrics = {
-        ...(meter.metrics.rssi === undefined && heard.rssi !== undefined ? { rssi: heard.rssi } : {}),
-        ...(meter.metrics.lqi === undefined && heard.lqi !== undefined ? { lqi: heard.lqi } : {}),
+        ...((meter.metrics.rssi === undefined || ours) && heard.rssi !== undefined && heard.rssi !== meter.metrics.rssi ? { rssi: heard.rssi } : {}),
+        ...((meter.metrics.lqi === undefined || ours) && heard.lqi !== undefined && heard.lqi !== meter.metrics.lqi ? { lqi: heard.lqi } : {}),
       };
+      // Equal values write nothing, so the 'updated' this write causes ends here.
       if (Object.keys(metrics).length === 0) return;
+      radioMeasured.add(meter.id);
       opened.updateMetrics(meter.endpoint, metrics, meter.sector).catch((err: Error) => node.debug(`radio metrics for ${meter.endpoint}: ${err.message}`));
     }
 
@@ -355,12 +368,22 @@ export = function register(RED: NodeAPI): void {
         node.log(RED._('ami-mesh-endpoint.log.radio-up', { path: settings.path, device: up.device }));
         if (endpoint?.port !== undefined) users.status({ fill: 'green', shape: 'dot', text: `radio ${settings.path} [${transport.address}]:${endpoint.port}` });
       });
-      link.on('down', (down) => {
-        gatewayHealth.setProblem(`${healthKey} radio`, `the radio on ${settings.path} is down: ${down.reason}`);
-        node.warn(RED._('ami-mesh-endpoint.errors.radio-down', { path: settings.path, reason: down.reason }));
+      const down = (reason: string): void => {
+        gatewayHealth.setProblem(`${healthKey} radio`, `the radio on ${settings.path} is down: ${reason}`);
         users.status({ fill: 'red', shape: 'ring', text: RED._('ami-mesh-endpoint.status.radio-down') });
+      };
+      link.on('down', (event) => {
+        down(event.reason);
+        node.warn(RED._('ami-mesh-endpoint.errors.radio-down', { path: settings.path, reason: event.reason }));
       });
-      link.on('error', (err) => node.debug(`radio ${settings.path}: ${err.message}`));
+      // A radio that never opened (wrong port, not plugged in at boot, no permission) never goes 'down':
+      // each failed attempt says so, so health and status tell the operator.
+      link.on('retry', (event) => down(event.reason));
+      link.on('error', (err) => {
+        // Open failures other than a missing device (no permission, port busy) come once per distinct reason.
+        if ((err as { code?: string }).code === 'OPEN_FAILED') node.warn(`radio ${settings.path}: ${err.message}`);
+        else node.debug(`radio ${settings.path}: ${err.message}`);
+      });
       void link.open();
       radioLink = link;
       lowpan = transport;
@@ -372,9 +395,13 @@ export = function register(RED: NodeAPI): void {
       const link = radioLink;
       lowpan = undefined;
       radioLink = undefined;
-      gatewayHealth.setProblem(`${healthKey} radio`, undefined);
+      // Closing the link emits 'down' ("closed"): that is not a problem to report.
+      link?.removeAllListeners('down');
+      link?.removeAllListeners('retry');
+      link?.removeAllListeners('up');
       await transport?.close();
       await link?.close();
+      gatewayHealth.setProblem(`${healthKey} radio`, undefined);
     }
 
     function listen(mesh: MeshEndpoint): void {
@@ -392,8 +419,13 @@ export = function register(RED: NodeAPI): void {
           }
           if (!lowpan && bind === '::' && ipv6OnlyByDefault()) node.warn(RED._('ami-mesh-endpoint.errors.v6only'));
           gatewayHealth.setProblem(healthKey, undefined);
-          if (radioLink && !radioLink.isUp) users.status({ fill: 'red', shape: 'ring', text: RED._('ami-mesh-endpoint.status.radio-down') });
-          else users.status({ fill: 'green', shape: 'dot', text: where.replace('coap://', '') });
+          if (radioLink && !radioLink.isUp) {
+            // Until the radio's 'up' (or a failed attempt with its reason): meters cannot reach the endpoint yet.
+            gatewayHealth.setProblem(`${healthKey} radio`, `the radio on ${radio?.path ?? ''} is not open yet`);
+            users.status({ fill: 'red', shape: 'ring', text: RED._('ami-mesh-endpoint.status.radio-down') });
+          } else {
+            users.status({ fill: 'green', shape: 'dot', text: where.replace('coap://', '') });
+          }
         },
         (err: NodeJS.ErrnoException) => {
           const explained = explainListenError(err, bind);

@@ -1,4 +1,5 @@
 import { performance } from 'node:perf_hooks';
+import { realpath } from 'node:fs/promises';
 import type { Node, NodeAPI, NodeDef, NodeMessage, NodeMessageInFlow } from 'node-red';
 import {
   C1218Error,
@@ -163,7 +164,14 @@ const portTails = new Map<string, Promise<void>>();
  * session's turn, or undefined if `abandon` came first (the turn then passes
  * on as soon as the sessions ahead end).
  */
-async function acquirePort(path: string, abandon: Promise<void>): Promise<(() => void) | undefined> {
+async function acquirePort(named: string, abandon: Promise<void>): Promise<(() => void) | undefined> {
+  // By the device, not its name: a /dev/serial/by-id link and /dev/ttyUSB0 are one port.
+  let path = named;
+  try {
+    path = await realpath(named);
+  } catch {
+    // Not there (yet): the open that follows reports PORT_OPEN_FAILED.
+  }
   const ahead = portTails.get(path) ?? Promise.resolve();
   let release!: () => void;
   const mine = new Promise<void>((resolve) => (release = resolve));
@@ -234,6 +242,8 @@ export = function register(RED: NodeAPI): void {
       let path = port;
       if (msg.port !== undefined && msg.port !== null && msg.port !== '') {
         if (typeof msg.port !== 'string' || msg.port.trim() === '') throw bad(RED._('ami-optical-read.errors.bad-port'));
+        // With a configured port a message may not send the meter's password to another serial device.
+        if (port !== '' && msg.port.trim() !== port) throw bad(RED._('ami-optical-read.errors.port-fixed', { port }));
         path = msg.port.trim();
       }
       if (path === '') throw new OpticalReadError('NO_PORT', RED._('ami-optical-read.errors.no-port'));

@@ -4,6 +4,7 @@ import { isIP } from 'node:net';
 import path from 'node:path';
 import { parseCoapUrl } from '../coap/url.js';
 import { DEFAULT_MANAGEMENT_ADDRESS, parseManagementAddress } from '../backhaul/address.js';
+import { normalizeContexts } from '../lowpan/index.js';
 
 /** A configuration value that cannot be used. Carries the variable's name so the operator knows what to fix. */
 export class ConfigError extends Error {
@@ -200,8 +201,20 @@ function radioConfig(env: Env): RadioConfig {
     metadata,
     mac,
     pan,
-    contexts: nonEmpty(env, 'AMI_RADIO_CONTEXTS') ?? '',
+    contexts: radioContexts(env),
   };
+}
+
+function radioContexts(env: Env): string {
+  const raw = nonEmpty(env, 'AMI_RADIO_CONTEXTS') ?? '';
+  const prefixes = raw.split(/[\s,]+/).filter((entry) => entry !== '');
+  if (prefixes.length > 16) throw new ConfigError('AMI_RADIO_CONTEXTS', `at most 16 contexts, got ${prefixes.length}`);
+  try {
+    normalizeContexts(prefixes);
+  } catch (err) {
+    throw new ConfigError('AMI_RADIO_CONTEXTS', (err as Error).message);
+  }
+  return raw;
 }
 
 function backhaulManagement(env: Env): string {

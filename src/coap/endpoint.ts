@@ -311,11 +311,12 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
     if (!server) return;
     // Let the 5.03 answers leave the socket before it closes.
     await new Promise<void>((resolve) => setImmediate(resolve));
-    await new Promise<void>((resolve) => server.close(() => resolve()));
-    // The library closes only sockets it made itself.
+    // The library closes only sockets it made itself. A socket of our own closes first, so no datagram
+    // reaches the library after it has let go of its socket.
     const socket = this.ownSocket;
     this.ownSocket = undefined;
     socket?.close();
+    await new Promise<void>((resolve) => server.close(() => resolve()));
   }
 
   /**

@@ -110,7 +110,7 @@ export interface ReassemblerOptions {
   maxBytesPerPeer?: number;
   /** Bytes of partial datagrams all senders together may hold (default 512 KiB). */
   maxBytesTotal?: number;
-  /** The clock, in ms; injected so that timeouts are testable without sleeping. */
+  /** The clock, in ms (default monotonic, performance.now); injected so that timeouts are testable without sleeping. */
   now?: () => number;
   /** Verify the UDP checksum of completed datagrams (default true). */
   verifyUdpChecksum?: boolean;
@@ -193,7 +193,8 @@ export class Reassembler {
     this.timeoutMs = options.timeoutMs ?? DEFAULT_REASSEMBLY_TIMEOUT_MS;
     this.maxBytesPerPeer = options.maxBytesPerPeer ?? 8 * 1024;
     this.maxBytesTotal = options.maxBytesTotal ?? 512 * 1024;
-    this.now = options.now ?? Date.now;
+    // Monotonic: a wall clock stepped back (NTP) would stop partial datagrams from expiring while the caps stay full.
+    this.now = options.now ?? (() => performance.now());
     this.verifyUdpChecksum = options.verifyUdpChecksum ?? true;
     for (const [name, value] of [['timeoutMs', this.timeoutMs], ['maxBytesPerPeer', this.maxBytesPerPeer], ['maxBytesTotal', this.maxBytesTotal]] as const) {
       if (!(value > 0)) throw new LowpanError('BAD_VALUE', `${name} must be positive`);

@@ -82,8 +82,10 @@ export interface LowpanTransportCounters {
   framesOut: number;
   datagramsIn: number;
   datagramsOut: number;
-  /** Frames for another node (neither our address nor broadcast). */
+  /** Frames or datagrams for another node: neither our MAC address nor broadcast, a mesh header's final destination elsewhere, or an IPv6 destination that is not ours (nor multicast). */
   notForUs: number;
+  /** Frames whose IPv6 source already belongs to another MAC address: not learned (a spoofed source, or a meter whose address is not derived from its MAC). */
+  neighbourConflicts: number;
   /** Beacons, acknowledgements, MAC commands. */
   notData: number;
   /** Datagrams that are not UDP. */
@@ -128,6 +130,7 @@ export class LowpanTransport extends EventEmitter {
     datagramsIn: 0,
     datagramsOut: 0,
     notForUs: 0,
+    neighbourConflicts: 0,
     notData: 0,
     notUdp: 0,
     noListener: 0,
@@ -155,7 +158,8 @@ export class LowpanTransport extends EventEmitter {
     this.mac = parseEui64(options.mac);
     this.short = options.shortAddress === undefined ? undefined : { mode: 'short', short: options.shortAddress };
     this.now = options.now ?? Date.now;
-    this.reassembler = new Reassembler({ ...options.reassembly, now: this.now });
+    // The reassembler keeps its own monotonic clock unless a test injects one.
+    this.reassembler = new Reassembler({ ...options.reassembly, ...(options.now ? { now: options.now } : {}) });
     this.linkLocal = linkLocalAddress(this.mac);
     const context0 = normalizeContexts(options.contexts)[0];
     if (context0) {
@@ -323,7 +327,8 @@ export class LowpanTransport extends EventEmitter {
       this.counters.notData += 1;
       return;
     }
-    if (!this.forUs(mac.dst)) {
+    // A mesh header names the datagram's final destination; otherwise the MAC destination is it.
+    if (!this.forUs(mac.dst) || (decoded.mesh && !this.forUs(decoded.mesh.finalDestination))) {
       this.counters.notForUs += 1;
       return;
     }
@@ -343,6 +348,12 @@ export class LowpanTransport extends EventEmitter {
   }
 
   private deliver(datagram: Ipv6Datagram, srcMac: MacAddress | undefined, received: { rssi?: number; lqi?: number }): void {
+    // A broadcast frame (or a careless sender) may carry a datagram for another meter: only ours, or multicast, go up.
+    const destination = datagram.ipv6.dst;
+    if (destination !== this.linkLocal && destination !== this.global && !destination.startsWith('ff')) {
+      this.counters.notForUs += 1;
+      return;
+    }
     this.counters.datagramsIn += 1;
     const source = datagram.ipv6.src;
     if (srcMac) this.remember(source, { mac: srcMac, lastHeard: this.now(), ...(received.rssi !== undefined ? { rssi: received.rssi } : {}), ...(received.lqi !== undefined ? { lqi: received.lqi } : {}) });
@@ -358,7 +369,19 @@ export class LowpanTransport extends EventEmitter {
     receiver(Buffer.from(datagram.payload), { address: source, port: datagram.udp.srcPort });
   }
 
+  /**
+   * Learns which MAC address an IPv6 source sends from. Unsecured 802.15.4
+   * lets anyone claim any source, so a known address is not moved to another
+   * MAC address (a spoofed frame would otherwise divert the meter's downlink,
+   * relay commands included) unless the new one is the MAC address the IPv6
+   * address is derived from.
+   */
   private remember(address: string, neighbour: RadioNeighbour): void {
+    const known = this.neighbours.get(address);
+    if (known && !macAddressEquals(known.mac, neighbour.mac) && !macAddressEquals(macFromInterfaceIdentifier(address), neighbour.mac)) {
+      this.counters.neighbourConflicts += 1;
+      return;
+    }
     // Re-inserted, so the map's order is least recently heard first.
     this.neighbours.delete(address);
     this.neighbours.set(address, neighbour);
@@ -435,7 +458,8 @@ export class RadioDatagramSocket extends SocketBase {
     if (this.open) {
       this.open = false;
       this.radio.unlisten(this.port);
-      this.emit('close');
+      // Releases the unbound native handle the base class made (it would keep this object alive).
+      super.close();
     }
     if (callback) setImmediate(callback);
     return this;

@@ -193,6 +193,20 @@ describeWithNft(problem, 'firewall nodes under real nftables', () => {
       expect(drift.payload).toMatchObject({ repaired: true });
       const key = await alarmed;
       expect(key).toBe(`firewall/gw-fw-test/drift/${(drift.payload as { at: number }).at}`);
+
+      // The same drift again within the hour is not reported again (the outbox never drops alarms).
+      const endpoint = helper.getNode('hesconf') as unknown as { deliver: (...args: unknown[]) => Promise<unknown> };
+      const deliver = endpoint.deliver.bind(endpoint);
+      let delivered = 0;
+      endpoint.deliver = (...args: unknown[]) => {
+        delivered += 1;
+        return deliver(...args);
+      };
+      const from = out.messages.length;
+      expect((await nft('delete', 'table', 'inet', 'ami_gateway')).code).toBe(0);
+      // The alarm, if any, is handed over before the drift message leaves the node.
+      expect((await out.next(topic('drift'), from)).payload).toMatchObject({ repaired: true });
+      expect(delivered).toBe(0);
     } finally {
       await helper.unload();
       await hes.stop();

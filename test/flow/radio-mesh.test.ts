@@ -10,7 +10,7 @@ import { createCoapServer, listenCoapServer, closeQuietly } from '../../src/coap
 import { LowpanTransport } from '../../src/mesh/lowpan-transport.js';
 import { meterSideOf, SimulatedRadio } from '../../src/sim/radio.js';
 import { openPtyPair, ptySupport, type PtyPair } from '../helpers/pty.js';
-import { allNodes, initHelper } from './setup.js';
+import { allNodes, gatewayHealth, initHelper } from './setup.js';
 
 /**
  * One mesh stack, two transports (issue 8), deployed: a mesh endpoint node
@@ -105,6 +105,19 @@ describe.skipIf(problem !== undefined)(`mesh endpoint over the serial radio${pro
     const loaded = (meters.body as { endpoints: { id: string; registry: boolean }[] }).endpoints.some((e) => e.id === 'mesh' && e.registry);
     if (!loaded) await serving;
   }
+
+  it('reports a radio that cannot be opened in its status and in health, and clears it when the flow stops', async () => {
+    await helper.load(allNodes, [
+      TAB,
+      { id: 'mesh', type: 'ami-mesh-endpoint', transport: 'radio', radioPath: path.join(storeDir, 'no-radio'), radioMac: GATEWAY_MAC, radioPan: 'abcd', port: '5683', acceptTimeout: '3000', retryAfter: '30' },
+      { id: 'in', z: 'f1', x: 0, y: 0, type: 'ami-mesh-in', endpoint: 'mesh', ackMode: 'received', wires: [[]] },
+    ]);
+    await statusOf('in', (s) => s.fill === 'red' && s.text === 'ami-mesh-endpoint.status.radio-down');
+    const problems = (): string[] => gatewayHealth.snapshot().problems;
+    expect(problems().some((p) => p.includes('no-radio'))).toBe(true);
+    await helper.unload();
+    expect(problems().some((p) => p.includes('no-radio'))).toBe(false);
+  });
 
   it("carries a meter's reading over the radio to mesh in and the 2.04 back, also fragmented", async () => {
     await deploy();

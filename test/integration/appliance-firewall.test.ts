@@ -77,6 +77,7 @@ describeWithNft(problem, 'appliance firewall: applied at start, removed on unins
     const installDir = path.join(scratch, 'opt', 'ami-gateway');
     mkdirSync(installDir, { recursive: true });
     symlinkSync(path.join(REPO_ROOT, 'bin'), path.join(installDir, 'bin'));
+    writeFileSync(path.join(installDir, 'package.json'), readFileSync(path.join(REPO_ROOT, 'package.json')));
     const unitDir = path.join(scratch, 'systemd');
     mkdirSync(unitDir, { recursive: true });
     writeFileSync(path.join(unitDir, 'ami-gateway.service'), readFileSync(path.join(REPO_ROOT, 'deploy', 'ami-gateway.service')));
@@ -113,9 +114,25 @@ describeWithNft(problem, 'appliance firewall: applied at start, removed on unins
     expect(existsSync(CLI)).toBe(true);
   });
 
-  it('deploy/uninstall.sh refuses an unknown option and removes nothing', () => {
-    const result = spawnSync('sh', [path.join(REPO_ROOT, 'deploy', 'uninstall.sh'), '--everything'], { encoding: 'utf8', env: { ...process.env, AMI_INSTALL_DIR: path.join(scratch, 'never') } });
-    expect(result.status).toBe(2);
-    expect(result.stderr).toContain('unknown option --everything');
+  it('deploy/uninstall.sh refuses an unknown option, a relative path or a tree that is not ami-gateway, and removes nothing', () => {
+    const uninstall = (args: string[], env: Record<string, string>) =>
+      spawnSync('sh', [path.join(REPO_ROOT, 'deploy', 'uninstall.sh'), ...args], { encoding: 'utf8', env: { ...process.env, PATH: '/usr/bin:/bin', ...env } });
+    const unknown = uninstall(['--everything'], { AMI_INSTALL_DIR: path.join(scratch, 'never') });
+    expect(unknown.status).toBe(2);
+    expect(unknown.stderr).toContain('unknown option --everything');
+    // A mistyped install directory (here: a tree of something else) must not be removed.
+    const other = path.join(scratch, 'other-tree');
+    mkdirSync(other, { recursive: true });
+    writeFileSync(path.join(other, 'package.json'), '{ "name": "something-else" }\n');
+    const wrongTree = uninstall([], { AMI_INSTALL_DIR: other, AMI_SYSTEMD_DIR: path.join(scratch, 'no-unit') });
+    expect(wrongTree.status).toBe(2);
+    expect(wrongTree.stderr).toContain("is not ami-gateway's; nothing was removed");
+    expect(existsSync(path.join(other, 'package.json'))).toBe(true);
+    const relative = uninstall(['--purge'], { AMI_INSTALL_DIR: other, AMI_DATA_DIR: 'data' });
+    expect(relative.status).toBe(2);
+    expect(relative.stderr).toContain('"data" is not an absolute path');
+    const root = uninstall([], { AMI_INSTALL_DIR: '/' });
+    expect(root.status).toBe(2);
+    expect(existsSync(other)).toBe(true);
   });
 });

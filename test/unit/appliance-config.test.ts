@@ -57,6 +57,7 @@ describe('loadConfig', () => {
     expect(() => loadConfig({ ...radio, AMI_RADIO_PAN: 'ffff' }, '/srv/gw')).toThrow(/^AMI_RADIO_PAN: /);
     expect(() => loadConfig({ ...radio, AMI_RADIO_METADATA: 'rssi' }, '/srv/gw')).toThrow(/^AMI_RADIO_METADATA: /);
     expect(() => loadConfig({ ...radio, AMI_RADIO_BAUD: '12' }, '/srv/gw')).toThrow(/AMI_RADIO_BAUD/);
+    expect(() => loadConfig({ ...radio, AMI_RADIO_CONTEXTS: '2001:db8:1::/64;fd00::/64' }, '/srv/gw')).toThrow(/^AMI_RADIO_CONTEXTS: /);
   });
 
   it('reads AMI_FIREWALL as off or enforce and refuses anything else', () => {

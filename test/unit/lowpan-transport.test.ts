@@ -143,6 +143,32 @@ describe('LowpanTransport', () => {
     expect(received).toEqual([Buffer.from([1, 2, 3])]);
   });
 
+  it('takes only datagrams for its own addresses or multicast, also from broadcast frames', () => {
+    const { gateway, gatewayEnd } = transports();
+    const received: string[] = [];
+    gateway.listen(5683, (_payload, peer) => received.push(peer.address));
+    const frame = (dst: string) =>
+      encodeDatagram({ src: 'fe80::212:4b00:0:aa', dst, srcPort: 5683, dstPort: 5683, payload: Uint8Array.of(1), srcMac: METER_MAC, dstMac: 'ffff', panId: PAN }, { contexts: CONTEXTS })[0]!;
+    for (const dst of ['fe80::212:4b00:0:bb', '2001:db8:1:0:212:4b00:0:bb', 'fe80::212:4b00:0:1', '2001:db8:1:0:212:4b00:0:1', 'ff02::1']) {
+      gatewayEnd.emit('frame', { frame: Buffer.from(frame(dst)) });
+    }
+    // Meter B's two datagrams went past; the gateway's two addresses and all-nodes multicast came up.
+    expect(received).toHaveLength(3);
+    expect(gateway.counters.notForUs).toBe(2);
+  });
+
+  it('does not let a frame from another MAC address take over a known neighbour (a spoofed source)', () => {
+    const { gateway, gatewayEnd } = transports();
+    gateway.listen(5683, () => undefined);
+    const meterAddress = 'fd00::1234';
+    const from = (srcMac: string) =>
+      encodeDatagram({ src: meterAddress, dst: 'fe80::212:4b00:0:1', srcPort: 5683, dstPort: 5683, payload: Uint8Array.of(1), srcMac, dstMac: GATEWAY_MAC, panId: PAN })[0]!;
+    gatewayEnd.emit('frame', { frame: Buffer.from(from(METER_MAC)) });
+    gatewayEnd.emit('frame', { frame: Buffer.from(from('00124b0000000666')) });
+    expect(gateway.neighbour(meterAddress)?.mac).toEqual({ mode: 'extended', eui64: METER_MAC });
+    expect(gateway.counters.neighbourConflicts).toBe(1);
+  });
+
   it('cannot send to an address with no known or derivable MAC address: counted, not thrown', async () => {
     const { gateway } = transports();
     expect(await gateway.send(Buffer.from('x'), 5683, { address: 'not-an-address', port: 5683 })).toBe(false);
