@@ -4,3 +4,6 @@ export * from './rd.js';
 export * from './allowlist.js';
 export * from './target.js';
 export * from './events.js';
+export * from './radio-link.js';
+export * from './lowpan-transport.js';
+export * from './firmware-resource.js';

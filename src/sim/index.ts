@@ -6,3 +6,5 @@ export * from './recorder.js';
 export * from './relay.js';
 export { SimulatedCosemMeter, type CosemMeterOptions, type CosemServeResult } from './cosem-meter.js';
 export type { SimLog } from './log.js';
+export * from './radio.js';
+export * from './c1218-meter.js';
