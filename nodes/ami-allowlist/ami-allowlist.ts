@@ -1,6 +1,7 @@
 import { isIP } from 'node:net';
 import type { Node, NodeAPI, NodeDef } from 'node-red';
 import { DEFAULT_DLMS_PORT, FirewallError, kernelMeshList, OPEN_MESH_WARNING, parseFirewallConfig, type FirewallConfig } from '../../src/firewall/ruleset.js';
+import { parseCoapUrl } from '../../src/coap/url.js';
 import { ConfigUsers } from '../shared/config-users.js';
 import { NodeConfigError, numberProperty, stringProperty } from '../shared/settings-values.js';
 import type { AllowlistNode, HesEndpointNode } from '../shared/types.js';
@@ -38,9 +39,9 @@ function listOf(text: string): string[] {
 /** The IP literal a coap:// URL names as its host, or undefined for a host name (or a URL that does not parse). */
 function ipHostOf(url: string): { ip?: string; host: string } {
   try {
-    const host = new URL(url).hostname;
-    const bare = host.startsWith('[') && host.endsWith(']') ? host.slice(1, -1) : host;
-    return isIP(bare) !== 0 ? { ip: bare, host: bare } : { host: bare };
+    // The same parser the HES endpoint uses: its host comes without brackets.
+    const { host } = parseCoapUrl(url);
+    return isIP(host) !== 0 ? { ip: host, host } : { host };
   } catch {
     return { host: url };
   }

@@ -16,9 +16,9 @@ import {
 import { formatCoapUrl } from '../../src/coap/url.js';
 import { explainListenError } from '../../src/coap/server.js';
 import { gatewayHealth } from '../../src/appliance/health.js';
-import { SerialRadioLink, listSerialPorts, type RadioMetadataMode } from '../../src/mesh/radio-link.js';
+import { SerialRadioLink, listSerialPorts } from '../../src/mesh/radio-link.js';
 import { LowpanTransport } from '../../src/mesh/lowpan-transport.js';
-import { normalizeContexts, parseMacAddress } from '../../src/lowpan/index.js';
+import { parseRadioSettings, RadioSettingsError, type RadioSettingField, type RadioSettings } from '../../src/mesh/radio-settings.js';
 import { ConfigUsers } from '../shared/config-users.js';
 import { booleanProperty, NodeConfigError, numberProperty, stringProperty } from '../shared/settings-values.js';
 import { MeshAllowlist } from '../../src/mesh/allowlist.js';
@@ -62,48 +62,31 @@ interface MeshEndpointDef extends NodeDef {
   radioContexts?: string;
 }
 
-interface RadioSettings {
-  path: string;
-  baudRate: number;
-  metadata: RadioMetadataMode;
-  mac: string;
-  panId: number;
-  contexts: string[];
-}
+/** The dialog's label of each radio setting, for the error the node reports. */
+const RADIO_LABELS: Record<RadioSettingField, string> = {
+  path: 'Serial port',
+  baudRate: 'Baud rate',
+  metadata: 'Metadata',
+  mac: 'MAC address',
+  panId: 'PAN ID',
+  contexts: 'Contexts',
+};
 
 /** The radio settings of a mesh endpoint, checked; NodeConfigError names the field. */
 function radioSettings(def: MeshEndpointDef): RadioSettings {
-  const path = stringProperty(def.radioPath);
-  if (path === '') throw new NodeConfigError('Radio port: choose the serial port of the 802.15.4 radio');
-  const metadata = stringProperty(def.radioMetadata, 'none');
-  if (metadata !== 'none' && metadata !== 'rssi-lqi') throw new NodeConfigError(`Radio metadata must be none or rssi-lqi, got "${metadata}"`);
-  const mac = stringProperty(def.radioMac).replace(/[:-]/g, '').toLowerCase();
-  let parsed: ReturnType<typeof parseMacAddress> | undefined;
   try {
-    parsed = parseMacAddress(mac);
-  } catch {
-    parsed = undefined;
-  }
-  if (parsed?.mode !== 'extended') throw new NodeConfigError(`Radio MAC address must be an EUI-64 of 16 hex digits, got "${def.radioMac ?? ''}"`);
-  const panText = stringProperty(def.radioPan).replace(/^0x/i, '');
-  if (!/^[0-9a-fA-F]{1,4}$/.test(panText) || parseInt(panText, 16) === 0xffff) throw new NodeConfigError(`PAN ID must be 1 to 4 hex digits (not ffff), got "${def.radioPan ?? ''}"`);
-  const contexts = stringProperty(def.radioContexts)
-    .split(/[\s,]+/)
-    .filter((entry) => entry !== '');
-  if (contexts.length > 16) throw new NodeConfigError('at most 16 6LoWPAN contexts');
-  try {
-    normalizeContexts(contexts);
+    return parseRadioSettings({
+      path: stringProperty(def.radioPath),
+      baudRate: stringProperty(def.radioBaud),
+      metadata: stringProperty(def.radioMetadata),
+      mac: stringProperty(def.radioMac),
+      pan: stringProperty(def.radioPan),
+      contexts: stringProperty(def.radioContexts),
+    });
   } catch (err) {
-    throw new NodeConfigError(`Contexts: ${(err as Error).message}`);
+    if (err instanceof RadioSettingsError) throw new NodeConfigError(`${RADIO_LABELS[err.field]}: ${err.message}`);
+    throw err;
   }
-  return {
-    path,
-    baudRate: numberProperty('Radio baud rate', def.radioBaud, 115_200, 1_200, 4_000_000),
-    metadata,
-    mac,
-    panId: parseInt(panText, 16),
-    contexts,
-  };
 }
 
 const DEFAULT_MAX_CONCURRENT = 64;
@@ -411,8 +394,7 @@ export = function register(RED: NodeAPI): void {
           node.log(RED._('ami-mesh-endpoint.log.listening', { url: where }));
           const granted = mesh.receiveBufferBytes;
           // Linux reports twice the buffer it keeps; below half the request, bursts may be dropped.
-          // The radio has no kernel socket buffer: frames come at the serial line's pace.
-          if (!lowpan && granted !== undefined && granted < RECEIVE_BUFFER_BYTES) {
+          if (granted !== undefined && granted < RECEIVE_BUFFER_BYTES) {
             node.warn(
               `the mesh socket's receive buffer is ${Math.round(granted / 1024)} KiB, not the ${RECEIVE_BUFFER_BYTES / 1024} KiB asked for: raise net.core.rmem_max (sysctl) so bursts from many meters are not dropped`,
             );

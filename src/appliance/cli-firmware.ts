@@ -1,3 +1,4 @@
+import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { FirmwareError } from '../firmware/errors.js';
 import { compatibleVersions, otherTarget, type FirmwareManifest } from '../firmware/manifest.js';
@@ -17,7 +18,7 @@ export class FirmwareUsageError extends Error {
 }
 
 export interface FirmwareCommandContext {
-  /** The images folder. */
+  /** The images folder, unless --images names another. */
   imagesDir: string;
   /** The utility's firmware root CA certificates (PEM texts). */
   trustAnchorsPem: readonly string[];
@@ -56,16 +57,17 @@ export async function firmwareCommand(args: readonly string[], context: Firmware
   if (!FIRMWARE_ACTIONS.includes(action as Action)) {
     throw new FirmwareUsageError(`unknown firmware command "${action ?? ''}": expected ${FIRMWARE_ACTIONS.join(' or ')}`);
   }
-  let values: { json?: boolean; image?: string };
+  let values: { json?: boolean; image?: string; images?: string };
   try {
-    ({ values } = parseArgs({ args: [...rest], options: { json: { type: 'boolean' }, image: { type: 'string' } }, strict: true, allowPositionals: false }));
+    ({ values } = parseArgs({ args: [...rest], options: { json: { type: 'boolean' }, image: { type: 'string' }, images: { type: 'string' } }, strict: true, allowPositionals: false }));
   } catch (err) {
     throw new FirmwareUsageError((err as Error).message);
   }
   if (action === 'list' && values.image !== undefined) throw new FirmwareUsageError('--image applies to "firmware verify" only');
   if (values.image === '') throw new FirmwareUsageError('--image needs an image id (as "firmware list" shows it)');
 
-  const repository = new FirmwareRepository({ root: context.imagesDir, trustAnchorsPem: context.trustAnchorsPem, ...(context.now ? { now: context.now } : {}) });
+  if (values.images === '') throw new FirmwareUsageError('--images needs the images folder');
+  const repository = new FirmwareRepository({ root: values.images !== undefined ? path.resolve(values.images) : context.imagesDir, trustAnchorsPem: context.trustAnchorsPem, ...(context.now ? { now: context.now } : {}) });
   let images: readonly FirmwareImage[];
   try {
     images = await repository.load();

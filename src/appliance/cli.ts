@@ -511,16 +511,11 @@ export async function main(argv: string[]): Promise<number | undefined> {
         const { firmwareCommand, FirmwareUsageError } = await import('./cli-firmware.js');
         const { readFileSync } = await import('node:fs');
         const config = loadConfig();
-        const [action, ...options] = rest;
-        // --images DIR overrides AMI_FIRMWARE_DIR; the rest goes to the command.
-        const at = options.indexOf('--images');
-        const imagesDir = at >= 0 ? path.resolve(options[at + 1] ?? '') : config.firmwareDir;
-        if (at >= 0) options.splice(at, 2);
         if (config.firmwareTrustAnchors === undefined) {
           throw new ConfigError('AMI_FIRMWARE_TRUST_ANCHORS', "set it to a PEM file with the utility's firmware root CA: without it no image can be trusted");
         }
         try {
-          const result = await firmwareCommand([action ?? '', ...options], { imagesDir, trustAnchorsPem: [readFileSync(config.firmwareTrustAnchors, 'utf8')] });
+          const result = await firmwareCommand(rest, { imagesDir: config.firmwareDir, trustAnchorsPem: [readFileSync(config.firmwareTrustAnchors, 'utf8')] });
           (result.output.startsWith('ami-gateway:') ? process.stderr : process.stdout).write(`${result.output}\n`);
           return result.exitCode;
         } catch (err) {

@@ -4,7 +4,7 @@ import { isIP } from 'node:net';
 import path from 'node:path';
 import { parseCoapUrl } from '../coap/url.js';
 import { DEFAULT_MANAGEMENT_ADDRESS, parseManagementAddress } from '../backhaul/address.js';
-import { normalizeContexts } from '../lowpan/index.js';
+import { parseRadioSettings, RadioSettingsError, type RadioSettingField, type RadioSettings } from '../mesh/radio-settings.js';
 
 /** A configuration value that cannot be used. Carries the variable's name so the operator knows what to fix. */
 export class ConfigError extends Error {
@@ -66,28 +66,13 @@ export interface ApplianceConfig {
    * 6LoWPAN; docs/serial-radio.md), with its settings.
    */
   meshTransport: 'udp' | 'radio';
-  radio: RadioConfig | undefined;
+  /** The serial radio (AMI_RADIO_*), checked when AMI_MESH_TRANSPORT=radio. */
+  radio: RadioSettings | undefined;
   /** AMI_FIRMWARE_DIR: the signed firmware images the gateway distributes (default $AMI_DATA_DIR/firmware). */
   firmwareDir: string;
   /** AMI_FIRMWARE_TRUST_ANCHORS: PEM file with the utility's firmware root CA(s); without it no image is trusted. */
   firmwareTrustAnchors: string | undefined;
   logLevel: LogLevel;
-}
-
-/** The serial radio (AMI_RADIO_*), checked when AMI_MESH_TRANSPORT=radio. */
-export interface RadioConfig {
-  /** AMI_RADIO_PORT: /dev/ttyUSB0, or better a /dev/serial/by-id/... link. */
-  port: string;
-  /** AMI_RADIO_BAUD, default 115200. */
-  baudRate: number;
-  /** AMI_RADIO_METADATA: none (default) or rssi-lqi. */
-  metadata: 'none' | 'rssi-lqi';
-  /** AMI_RADIO_MAC: the gateway's EUI-64, 16 hex digits. */
-  mac: string;
-  /** AMI_RADIO_PAN: the PAN ID, hex. */
-  pan: string;
-  /** AMI_RADIO_CONTEXTS: the PAN's 6LoWPAN context prefixes, context 0 first. */
-  contexts: string;
 }
 
 export const FIREWALL_MODES = ['off', 'enforce'] as const;
@@ -185,36 +170,30 @@ function meshTransport(env: Env): 'udp' | 'radio' {
   return raw;
 }
 
-function radioConfig(env: Env): RadioConfig {
-  const port = nonEmpty(env, 'AMI_RADIO_PORT');
-  if (port === undefined) throw new ConfigError('AMI_RADIO_PORT', 'AMI_MESH_TRANSPORT=radio needs the radio\'s serial port, e.g. /dev/serial/by-id/usb-...');
-  const metadata = nonEmpty(env, 'AMI_RADIO_METADATA') ?? 'none';
-  if (metadata !== 'none' && metadata !== 'rssi-lqi') throw new ConfigError('AMI_RADIO_METADATA', `expected none or rssi-lqi, got "${metadata}"`);
-  const mac = (nonEmpty(env, 'AMI_RADIO_MAC') ?? '').replace(/[:-]/g, '').toLowerCase();
-  if (!/^[0-9a-f]{16}$/.test(mac)) throw new ConfigError('AMI_RADIO_MAC', `expected the gateway's EUI-64 as 16 hex digits, got "${env.AMI_RADIO_MAC ?? ''}"`);
-  const pan = (nonEmpty(env, 'AMI_RADIO_PAN') ?? '').replace(/^0x/i, '');
-  if (!/^[0-9a-fA-F]{1,4}$/.test(pan) || parseInt(pan, 16) === 0xffff) throw new ConfigError('AMI_RADIO_PAN', `expected a PAN ID of 1 to 4 hex digits (not ffff), got "${env.AMI_RADIO_PAN ?? ''}"`);
-  const baudRaw = nonEmpty(env, 'AMI_RADIO_BAUD');
-  return {
-    port,
-    baudRate: baudRaw === undefined ? 115_200 : parseInteger('AMI_RADIO_BAUD', baudRaw, 1_200, 4_000_000),
-    metadata,
-    mac,
-    pan,
-    contexts: radioContexts(env),
-  };
-}
+/** Which variable states each radio setting, for the error an operator reads. */
+const RADIO_VARIABLES: Record<RadioSettingField, string> = {
+  path: 'AMI_RADIO_PORT',
+  baudRate: 'AMI_RADIO_BAUD',
+  metadata: 'AMI_RADIO_METADATA',
+  mac: 'AMI_RADIO_MAC',
+  panId: 'AMI_RADIO_PAN',
+  contexts: 'AMI_RADIO_CONTEXTS',
+};
 
-function radioContexts(env: Env): string {
-  const raw = nonEmpty(env, 'AMI_RADIO_CONTEXTS') ?? '';
-  const prefixes = raw.split(/[\s,]+/).filter((entry) => entry !== '');
-  if (prefixes.length > 16) throw new ConfigError('AMI_RADIO_CONTEXTS', `at most 16 contexts, got ${prefixes.length}`);
+function radioConfig(env: Env): RadioSettings {
   try {
-    normalizeContexts(prefixes);
+    return parseRadioSettings({
+      path: env.AMI_RADIO_PORT,
+      baudRate: env.AMI_RADIO_BAUD,
+      metadata: env.AMI_RADIO_METADATA,
+      mac: env.AMI_RADIO_MAC,
+      pan: env.AMI_RADIO_PAN,
+      contexts: env.AMI_RADIO_CONTEXTS,
+    });
   } catch (err) {
-    throw new ConfigError('AMI_RADIO_CONTEXTS', (err as Error).message);
+    if (err instanceof RadioSettingsError) throw new ConfigError(RADIO_VARIABLES[err.field], err.message);
+    throw err;
   }
-  return raw;
 }
 
 function backhaulManagement(env: Env): string {

@@ -112,12 +112,12 @@ export async function startAppliance(config: ApplianceConfig): Promise<RunningAp
     process.env.AMI_MESH_REGISTERED_ONLY = String(config.meshRegisteredOnly);
     // The default flow's mesh endpoint: UDP, or the serial radio (docs/serial-radio.md).
     process.env.AMI_MESH_TRANSPORT = config.meshTransport;
-    process.env.AMI_RADIO_PORT = config.radio?.port ?? '';
+    process.env.AMI_RADIO_PORT = config.radio?.path ?? '';
     process.env.AMI_RADIO_BAUD = String(config.radio?.baudRate ?? '');
     process.env.AMI_RADIO_METADATA = config.radio?.metadata ?? '';
     process.env.AMI_RADIO_MAC = config.radio?.mac ?? '';
-    process.env.AMI_RADIO_PAN = config.radio?.pan ?? '';
-    process.env.AMI_RADIO_CONTEXTS = config.radio?.contexts ?? '';
+    process.env.AMI_RADIO_PAN = config.radio?.panId.toString(16) ?? '';
+    process.env.AMI_RADIO_CONTEXTS = config.radio?.contexts.join(' ') ?? '';
     // The default flow's allowlist and firewall nodes (docs/firewall.md).
     process.env.AMI_FIREWALL_APPLY = String(config.firewall === 'enforce');
     process.env.AMI_ALLOW_HES ??= '';

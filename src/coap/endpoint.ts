@@ -289,7 +289,8 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
     });
     this.server = server;
     this.boundPort = port;
-    this.receiveBufferBytes = sizeReceiveBuffer(server, this.options.receiveBufferBytes ?? RECEIVE_BUFFER_BYTES);
+    // Only a kernel socket has a receive buffer to size; another transport (the radio's) paces itself.
+    this.receiveBufferBytes = socket ? undefined : sizeReceiveBuffer(server, this.options.receiveBufferBytes ?? RECEIVE_BUFFER_BYTES);
     this.emit('listening', {
       address: this.options.bind,
       port: this.boundPort,

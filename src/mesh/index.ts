@@ -5,5 +5,6 @@ export * from './allowlist.js';
 export * from './target.js';
 export * from './events.js';
 export * from './radio-link.js';
+export * from './radio-settings.js';
 export * from './lowpan-transport.js';
 export * from './firmware-resource.js';

@@ -464,11 +464,4 @@ export class RadioDatagramSocket extends SocketBase {
     if (callback) setImmediate(callback);
     return this;
   }
-
-  // No kernel buffer: frames arrive at the serial line's pace and are handled as they come.
-  override setRecvBufferSize(): void {}
-
-  override getRecvBufferSize(): number {
-    return 0;
-  }
 }

@@ -17,7 +17,7 @@ import { REPO_ROOT } from '../helpers/appliance.js';
  * coap-client-notls exits 0 whatever happened, so the tests look at the file
  * it wrote and at what it printed.
  */
-const hasLibcoap = spawnSync('coap-client-notls', ['-h'], { stdio: 'ignore' }).status !== null && spawnSync('which', ['coap-client-notls'], { stdio: 'ignore' }).status === 0;
+const hasLibcoap = spawnSync('which', ['coap-client-notls'], { stdio: 'ignore' }).status === 0;
 if (!hasLibcoap && process.env.CI) throw new Error('firmware-coap-libcoap cannot run in CI: coap-client-notls (libcoap3-bin) is not installed');
 
 const IMAGES = path.join(REPO_ROOT, 'firmware-images', 'test-images');

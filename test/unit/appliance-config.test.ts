@@ -44,12 +44,12 @@ describe('loadConfig', () => {
     const radio = { AMI_MESH_TRANSPORT: 'radio', AMI_RADIO_PORT: '/dev/serial/by-id/usb-radio', AMI_RADIO_MAC: '00:12:4B:00:00:00:00:01', AMI_RADIO_PAN: '0xABCD' };
     expect(loadConfig(radio, '/srv/gw')).toMatchObject({
       meshTransport: 'radio',
-      radio: { port: '/dev/serial/by-id/usb-radio', baudRate: 115_200, metadata: 'none', mac: '00124b0000000001', pan: 'ABCD', contexts: '' },
+      radio: { path: '/dev/serial/by-id/usb-radio', baudRate: 115_200, metadata: 'none', mac: '00124b0000000001', panId: 0xabcd, contexts: [] },
     });
     expect(loadConfig({ ...radio, AMI_RADIO_BAUD: '230400', AMI_RADIO_METADATA: 'rssi-lqi', AMI_RADIO_CONTEXTS: '2001:db8:1::/64' }, '/srv/gw').radio).toMatchObject({
       baudRate: 230_400,
       metadata: 'rssi-lqi',
-      contexts: '2001:db8:1::/64',
+      contexts: ['2001:db8:1::/64'],
     });
     expect(() => loadConfig({ AMI_MESH_TRANSPORT: 'zigbee' }, '/srv/gw')).toThrow(/^AMI_MESH_TRANSPORT: expected udp or radio/);
     expect(() => loadConfig({ ...radio, AMI_RADIO_PORT: '' }, '/srv/gw')).toThrow(/^AMI_RADIO_PORT: /);

@@ -26,7 +26,7 @@ import {
   type TableFormat,
 } from '../../src/c1218/index.js';
 import { defaultC1218MeterTables } from '../../src/sim/c1218-meter.js';
-import { Gen, prng, splice } from '../helpers/fuzz.js';
+import { Gen, mutate, prng } from '../helpers/fuzz.js';
 
 /**
  * Malformed C12.18 packets through the packet decoders (strict and streaming)
@@ -87,58 +87,28 @@ function validPacket(g: Gen): Uint8Array {
   return encodePacket({ identity: g.chance(0.9) ? 0 : g.int(0, 255), ctrl: g.pick([0x00, 0x20, 0xc0, 0x80, 0xa0, 0xe0]), sequence: g.int(0, 3), data: applicationData(g) });
 }
 
-function mutate(g: Gen, input: Uint8Array): Uint8Array {
-  let b: Uint8Array = new Uint8Array(input);
-  const rounds = g.int(1, 3);
-  for (let r = 0; r < rounds; r++) {
-    const at = b.length === 0 ? 0 : g.int(0, b.length - 1);
-    switch (g.int(0, 9)) {
-      case 0:
-        if (b.length) b[at] = (b[at] ?? 0) ^ (1 << g.int(0, 7));
-        break;
-      case 1:
-        if (b.length) b[at] = g.int(0, 255);
-        break;
-      case 2:
-        if (b.length) b[at] = g.pick(INTERESTING);
-        break;
-      case 3:
-        b = b.slice(0, g.int(0, b.length));
-        break;
-      case 4:
-        b = splice(b, at, 0, g.bytes(g.int(1, 4)));
-        break;
-      case 5:
-        b = splice(b, at, g.int(1, 4));
-        break;
-      case 6:
-        // A length field claiming anything from 0 to 64 KiB.
+function mutateC1218(g: Gen, input: Uint8Array): Uint8Array {
+  return mutate(g, input, {
+    interesting: INTERESTING,
+    codec: [
+      // A length field claiming anything from 0 to 64 KiB.
+      (gen, b) => {
         if (b.length >= 6) {
-          const claim = g.pick([0, 1, 0xffff, 0x1ff8, 0x1ff9, g.int(0, 0x3000)]);
+          const claim = gen.pick([0, 1, 0xffff, 0x1ff8, 0x1ff9, gen.int(0, 0x3000)]);
           b[4] = claim >>> 8;
           b[5] = claim & 0xff;
         }
-        break;
-      case 7: {
-        const end = Math.min(b.length, at + g.int(1, 12));
-        b = splice(b, end, 0, b.slice(at, end));
-        break;
-      }
-      case 8:
-        b = splice(b, b.length, 0, g.bytes(g.int(1, 6)));
-        break;
-      default:
-        // Recompute the CRC over the mutated bytes, so the payload decoders see malformed data behind a good CRC.
-        if (b.length >= 9 && b[0] === STP) {
-          const length = ((b[4] as number) << 8) | (b[5] as number);
-          if (length >= 1 && length === b.length - 8) {
-            const repacked = encodePacket({ identity: b[1] as number, ctrl: b[2] as number, sequence: b[3] as number, data: b.subarray(6, 6 + length) });
-            b = repacked;
-          }
-        }
-    }
-  }
-  return b;
+        return b;
+      },
+      // Recompute the CRC over the mutated bytes, so the payload decoders see malformed data behind a good CRC.
+      (_gen, b) => {
+        if (b.length < 9 || b[0] !== STP) return b;
+        const length = ((b[4] as number) << 8) | (b[5] as number);
+        if (length < 1 || length !== b.length - 8) return b;
+        return encodePacket({ identity: b[1] as number, ctrl: b[2] as number, sequence: b[3] as number, data: b.subarray(6, 6 + length) });
+      },
+    ],
+  });
 }
 
 const FORMATS: TableFormat[] = [
@@ -256,7 +226,7 @@ describe('C12.18 decoders under fuzzing', () => {
       }
       let batch: Uint8Array[] = [];
       for (let i = 0; i < MUTATED_PACKETS; i++) {
-        const frame = mutate(g, g.pick(corpus));
+        const frame = mutateC1218(g, g.pick(corpus));
         run(frame, 'mutated', i);
         batch.push(frame, g.chance(0.3) ? validPacket(g) : new Uint8Array(0), g.chance(0.1) ? Uint8Array.of(g.pick([ACK, NAK])) : new Uint8Array(0));
         if (batch.length >= 300) {

@@ -12,7 +12,7 @@ import {
   type DlmsData,
   type XdlmsApdu,
 } from '../../src/dlms/index.js';
-import { Gen, prng, splice } from '../helpers/fuzz.js';
+import { Gen, mutate, prng, splice } from '../helpers/fuzz.js';
 
 /**
  * Random and mutated frames through every decoder. Each call must return or
@@ -162,62 +162,21 @@ const DATA_TAGS = [0, 1, 2, 3, 4, 5, 6, 9, 10, 12, 13, 15, 16, 17, 18, 19, 20, 2
 const INTERESTING = [0x00, 0x01, 0x02, 0x06, 0x0c, 0x7f, 0x80, 0x81, 0x82, 0x83, 0x84, 0x85, 0xfe, 0xff];
 
 /** `b` with `remove` bytes at `at` replaced by `insert` (a new array). */
-function mutate(g: DlmsGen, input: Uint8Array): Uint8Array {
-  let b: Uint8Array = new Uint8Array(input);
-  const rounds = g.int(1, 3);
-  for (let r = 0; r < rounds; r++) {
-    const at = b.length === 0 ? 0 : g.int(0, b.length - 1);
-    switch (g.int(0, 10)) {
-      case 0: // bit flip
-        if (b.length) b[at] = (b[at] ?? 0) ^ (1 << g.int(0, 7));
-        break;
-      case 1: // random byte
-        if (b.length) b[at] = g.int(0, 255);
-        break;
-      case 2: // interesting byte (length prefixes, tags, limits)
-        if (b.length) b[at] = g.pick(INTERESTING);
-        break;
-      case 3: // truncation
-        b = b.slice(0, g.int(0, b.length));
-        break;
-      case 4: {
-        // insertion
-        b = splice(b, at, 0, g.bytes(g.int(1, 4)));
-        break;
-      }
-      case 5: {
-        // deletion
-        b = splice(b, at, g.int(1, 4));
-        break;
-      }
-      case 6: {
-        // a length field claiming up to 4 GB
-        const claim = g.pick([[0x84, 0xff, 0xff, 0xff, 0xff], [0x82, 0xff, 0xff], [0x81, 0xff], [0x83, 0x01, 0x00, 0x00], [0x7f]]);
-        b = splice(b, at, g.chance(0.5) ? 1 : 0, claim);
-        break;
-      }
-      case 7: {
-        // duplicate a slice
-        const end = Math.min(b.length, at + g.int(1, 12));
-        b = splice(b, end, 0, b.slice(at, end));
-        break;
-      }
-      case 8: // random tail
-        b = splice(b, b.length, 0, g.bytes(g.int(1, 6)));
-        break;
-      case 9: {
-        // nesting bomb spliced in
-        const depth = g.int(10, 40);
-        const bomb = Array.from({ length: depth }, () => [g.pick([0x01, 0x02]), g.int(1, 3)]).flat();
-        b = splice(b, at, 0, bomb);
-        break;
-      }
-      default: // a Data tag somewhere
-        if (b.length) b[at] = g.pick(DATA_TAGS);
-        break;
-    }
-  }
-  return b;
+function mutateDlms(g: DlmsGen, input: Uint8Array): Uint8Array {
+  return mutate(g, input, {
+    interesting: INTERESTING,
+    codec: [
+      // a length field claiming up to 4 GB
+      (gen, b, at) => splice(b, at, gen.chance(0.5) ? 1 : 0, gen.pick([[0x84, 0xff, 0xff, 0xff, 0xff], [0x82, 0xff, 0xff], [0x81, 0xff], [0x83, 0x01, 0x00, 0x00], [0x7f]])),
+      // nesting bomb spliced in
+      (gen, b, at) => splice(b, at, 0, Array.from({ length: gen.int(10, 40) }, () => [gen.pick([0x01, 0x02]), gen.int(1, 3)]).flat()),
+      // a Data tag somewhere
+      (gen, b, at) => {
+        if (b.length) b[at] = gen.pick(DATA_TAGS);
+        return b;
+      },
+    ],
+  });
 }
 
 function randomFrame(g: DlmsGen): Uint8Array {
@@ -312,7 +271,7 @@ describe('DLMS decoders under fuzzing', () => {
     Error.stackTraceLimit = 0;
     try {
       for (let i = 0; i < RANDOM_FRAMES; i++) run(randomFrame(g), i, 'random');
-      for (let i = 0; i < MUTATED_FRAMES; i++) run(mutate(g, g.pick(corpus)), i, 'mutated');
+      for (let i = 0; i < MUTATED_FRAMES; i++) run(mutateDlms(g, g.pick(corpus)), i, 'mutated');
     } finally {
       Error.stackTraceLimit = stackTraceLimit;
     }

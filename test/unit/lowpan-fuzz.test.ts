@@ -20,7 +20,7 @@ import {
   type Fragment,
   type MacAddress,
 } from '../../src/lowpan/index.js';
-import { Gen, prng, splice } from '../helpers/fuzz.js';
+import { Gen, mutate, prng } from '../helpers/fuzz.js';
 
 /**
  * Random and mutated frames through every 6LoWPAN decoder: the MAC decoder,
@@ -126,45 +126,18 @@ function buildCorpus(g: LowpanGen): { frames: Sample[]; iphc: Array<{ bytes: Uin
 
 const INTERESTING = [0x00, 0x01, 0x40, 0x41, 0x42, 0x50, 0x60, 0x7e, 0x7f, 0x80, 0xbf, 0xc0, 0xc7, 0xe0, 0xe7, 0xf0, 0xf7, 0xff];
 
-function mutate(g: LowpanGen, input: Uint8Array): Uint8Array {
-  let b: Uint8Array = new Uint8Array(input);
-  const rounds = g.int(1, 3);
-  for (let r = 0; r < rounds; r++) {
-    const at = b.length === 0 ? 0 : g.int(0, b.length - 1);
-    switch (g.int(0, 8)) {
-      case 0:
-        if (b.length) b[at] = (b[at] ?? 0) ^ (1 << g.int(0, 7));
-        break;
-      case 1:
-        if (b.length) b[at] = g.int(0, 255);
-        break;
-      case 2:
-        if (b.length) b[at] = g.pick(INTERESTING);
-        break;
-      case 3:
-        b = b.slice(0, g.int(0, b.length));
-        break;
-      case 4:
-        b = splice(b, at, 0, g.bytes(g.int(1, 4)));
-        break;
-      case 5:
-        b = splice(b, at, g.int(1, 4));
-        break;
-      case 6: {
-        const end = Math.min(b.length, at + g.int(1, 12));
-        b = splice(b, end, 0, b.slice(at, end));
-        break;
-      }
-      case 7:
-        b = splice(b, b.length, 0, g.bytes(g.int(1, 40)));
-        break;
-      default:
-        // frame control bits: type, security, compression, modes, version
-        if (b.length > 1) b[g.int(0, 1)] = (b[g.int(0, 1)] ?? 0) ^ (1 << g.int(0, 7));
-        break;
-    }
-  }
-  return b;
+function mutateLowpan(g: LowpanGen, input: Uint8Array): Uint8Array {
+  return mutate(g, input, {
+    interesting: INTERESTING,
+    maxTail: 40,
+    codec: [
+      // frame control bits: type, security, compression, modes, version
+      (gen, b) => {
+        if (b.length > 1) b[gen.int(0, 1)] = (b[gen.int(0, 1)] ?? 0) ^ (1 << gen.int(0, 7));
+        return b;
+      },
+    ],
+  });
 }
 
 function randomBytes(g: LowpanGen, first?: readonly number[]): Uint8Array {
@@ -215,7 +188,7 @@ describe('6LoWPAN decoders under fuzzing', () => {
   };
   const inputs = (count: number, base: readonly Uint8Array[], first?: readonly number[]): Uint8Array[] => {
     const out: Uint8Array[] = [];
-    for (let i = 0; i < count; i++) out.push(i % 3 === 0 ? randomBytes(g, first) : mutate(g, g.pick(base)));
+    for (let i = 0; i < count; i++) out.push(i % 3 === 0 ? randomBytes(g, first) : mutateLowpan(g, g.pick(base)));
     return out;
   };
   const started = performance.now();
