@@ -4,8 +4,10 @@
  * compatibility rules between a meter's communication-module and metrology
  * firmware. Format and rules: firmware-images/README.md.
  *
- * Distribution to meters (CoAP block-wise) and rollouts build on this and
- * are not here yet.
+ * Rollouts (rollout.ts) take meters to wanted versions in a rolling
+ * sequence, journaled in LevelDB; the meters fetch the images block-wise
+ * from the mesh endpoint (src/mesh/firmware-resource.ts) when offered them
+ * through a FirmwareMeterPort (src/mesh/firmware-port.ts).
  */
 export { FirmwareError, type FirmwareErrorCode } from './errors.js';
 export {
@@ -61,3 +63,16 @@ export {
   type WantedFirmware,
 } from './compatibility.js';
 export { createManifest, signImage, signManifestBytes, writeImageFolder, type ManifestFields, type SignedImage, type SignerCredentials } from './sign.js';
+export * from './rollout-types.js';
+export { ROLLOUT_SUBLEVEL, RolloutJournal, type FirmwareReport, type RolloutJournalOptions } from './rollout-journal.js';
+export {
+  FirmwareRolloutError,
+  FirmwareRolloutService,
+  imagePath,
+  MAX_ROLLOUT_METERS,
+  rolloutResultKey,
+  type FirmwareRolloutErrorCode,
+  type FirmwareRolloutServiceEvents,
+  type FirmwareRolloutServiceOptions,
+  type RolloutRequest,
+} from './rollout.js';

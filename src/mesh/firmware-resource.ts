@@ -18,6 +18,14 @@ import { FirmwareError, type FirmwareRepository, type ImageToSend } from '../fir
 export interface FirmwareResourceOptions {
   /** How long verified bytes serve later blocks after the last request for them (default 120 s). */
   keepMs?: number;
+  /**
+   * While true, image blocks are answered 5.03 with Max-Age `deferSeconds`
+   * (the meter asks again then): relay control traffic goes first, e.g.
+   * `() => client.controlRequestsPending() > 0`. The listing is not deferred.
+   */
+  deferWhile?: () => boolean;
+  /** Max-Age of a deferral (default 2 s). */
+  deferSeconds?: number;
   /** Told about each download that was refused (quarantined, changed on disk, unknown), for logs and counters. */
   onRefused?: (id: string, error: FirmwareError) => void;
   now?: () => number;
@@ -36,6 +44,8 @@ interface Verified {
 
 export class FirmwareResource implements MeshResource {
   private readonly verified = new Map<string, Verified>();
+  /** Block requests answered 5.03 because control traffic was under way. */
+  deferred = 0;
   private readonly keepMs: number;
   private readonly now: () => number;
 
@@ -66,6 +76,13 @@ export class FirmwareResource implements MeshResource {
       .split('/')
       .map((segment) => decodeURIComponent(segment))
       .join('/');
+    if (this.options.deferWhile?.()) {
+      this.deferred += 1;
+      res.code = '5.03';
+      res.setOption('Max-Age', this.options.deferSeconds ?? 2);
+      res.end();
+      return;
+    }
     void this.send(id, blockNumber(req), res);
   }
 

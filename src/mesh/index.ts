@@ -8,3 +8,4 @@ export * from './radio-link.js';
 export * from './radio-settings.js';
 export * from './lowpan-transport.js';
 export * from './firmware-resource.js';
+export * from './firmware-port.js';

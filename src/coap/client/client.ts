@@ -128,6 +128,7 @@ const DEFAULT_MAX_AGE_SECONDS = 60;
  * goes out between two blocks rather than after the whole image.
  */
 export class MeshClient {
+  private controlPending = 0;
   private readonly parameters: TransmissionParameters;
   private readonly messages: MessageLayer;
   private readonly scheduler: ExchangeScheduler;
@@ -167,6 +168,15 @@ export class MeshClient {
     return this.transport.local;
   }
 
+  /**
+   * Control requests (relay commands) queued or under way now. The firmware
+   * resource defers meters' block requests while there are any, so that
+   * control traffic has the mesh to itself.
+   */
+  controlRequestsPending(): number {
+    return this.controlPending;
+  }
+
   counters(): MeshClientCounters {
     return {
       ...this.messages.counters,
@@ -185,6 +195,8 @@ export class MeshClient {
    */
   async request(request: MeshRequest): Promise<MeshResponse> {
     this.tally.requests += 1;
+    const control = request.priority === 'control';
+    if (control) this.controlPending += 1;
     try {
       const response = await this.run(request);
       this.tally.succeeded += 1;
@@ -192,6 +204,8 @@ export class MeshClient {
     } catch (err) {
       this.tally.failed += 1;
       throw err;
+    } finally {
+      if (control) this.controlPending -= 1;
     }
   }
 
