@@ -114,7 +114,9 @@ export class FirmwareResource implements MeshResource {
     }
     entry.lastUsed = this.now();
     res.setOption('Content-Format', OCTET_STREAM);
-    // The image's digest as ETag: a meter resuming a download can tell whether the image is still the same.
+    // An ETag lets a meter resuming a download tell whether the image is still the same. For a
+    // block-wise answer the coap library replaces it with its own digest of the payload, which
+    // serves the same purpose; ours stands when the image fits one block.
     res.setOption('ETag', entry.etag);
     res.end(entry.image.bytes);
   }

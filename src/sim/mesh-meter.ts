@@ -216,6 +216,11 @@ export class MeterRegistrar {
   private attempts = 0;
   private failures = 0;
   private busy = false;
+  /**
+   * Bumped by reboot(): timers and answers of the registration before it
+   * belong to a meter that no longer exists and are ignored.
+   */
+  private generation = 0;
   /** Called each time the meter becomes registered. */
   onRegistered: () => void = () => undefined;
 
@@ -227,21 +232,46 @@ export class MeterRegistrar {
     /** Its own CoAP server's URI, when it serves. */
     private readonly base: string | undefined,
     private readonly links: readonly Link[],
+    /** The firmware versions the meter runs now; the profile's fixed ones when absent. */
+    private readonly firmware?: () => { comm: string; metro: string },
   ) {}
 
   start(delayMs: number): void {
-    this.context.later(delayMs, () => this.register());
+    this.later(delayMs, () => this.register());
+  }
+
+  /**
+   * Registers again from scratch, as a meter does after a reboot (a firmware
+   * update): what the previous registration was doing is forgotten, and the
+   * new registration carries the versions the meter runs now.
+   */
+  reboot(): void {
+    if (this.context.signal.aborted) return;
+    this.generation += 1;
+    // An attempt still in flight belongs to the old generation; its answer will be ignored.
+    this.busy = false;
+    this.forget();
+    this.register();
+  }
+
+  /** context.later, dropped when the meter has rebooted in between. */
+  private later(delayMs: number, action: () => void): void {
+    const generation = this.generation;
+    this.context.later(delayMs, () => {
+      if (generation === this.generation) action();
+    });
   }
 
   private registrationQuery(): string {
     const p = this.profile;
+    const firmware = this.firmware?.() ?? { comm: p.fwComm, metro: p.fwMetro };
     const parts = [
       `ep=${encodeURIComponent(this.name)}`,
       `lt=${this.context.lifetimeSeconds}`,
       ...(this.base ? [`base=${encodeURIComponent(this.base)}`] : []),
       this.metricsQuery(),
-      `fw_comm=${p.fwComm}`,
-      `fw_metro=${p.fwMetro}`,
+      `fw_comm=${encodeURIComponent(firmware.comm)}`,
+      `fw_metro=${encodeURIComponent(firmware.metro)}`,
       `feeder=${p.feeder}`,
     ];
     return parts.join('&');
@@ -286,13 +316,16 @@ export class MeterRegistrar {
           query: this.registrationQuery(),
           ...(this.links.length > 0 ? { payload: Buffer.from(formatLinkFormat(this.links)) } : {}),
         };
+    const generation = this.generation;
     // Not busy any more before the answer is acted on: acting on it may start the next attempt.
     const work = rdRequest(this.agent, this.context.gateway, { ...request, timeoutMs: this.context.timeoutMs, signal: this.context.signal }).then(
       (answer) => {
+        if (generation !== this.generation) return;
         this.busy = false;
         this.answered(refresh, answer);
       },
       (err: Error) => {
+        if (generation !== this.generation) return;
         this.busy = false;
         this.failed(refresh, err.message);
       },
@@ -357,17 +390,21 @@ export class MeterRegistrar {
     this.failures = 0;
     const [from, to] = this.context.refreshAt;
     const fraction = from + Math.random() * (to - from);
-    this.context.later(Math.min(MAX_TIMER_MS, Math.round(this.context.lifetimeSeconds * 1000 * fraction)), () => this.refresh());
+    this.later(Math.min(MAX_TIMER_MS, Math.round(this.context.lifetimeSeconds * 1000 * fraction)), () => this.refresh());
   }
 
   private lose(now: number): void {
+    this.forget();
+    this.context.emit({ kind: 'lost', meter: this.name, at: now });
+  }
+
+  private forget(): void {
     if (this.registered) this.context.stats.registered -= 1;
     this.registered = false;
     this.location = undefined;
     this.episodeStartedAt = undefined;
     this.attempts = 0;
     this.failures = 0;
-    this.context.emit({ kind: 'lost', meter: this.name, at: now });
   }
 
   private failed(refresh: boolean, reason: string): void {
@@ -380,6 +417,6 @@ export class MeterRegistrar {
   }
 
   private retry(refresh: boolean, waitMs: number): void {
-    this.context.later(waitMs, () => (refresh ? this.refresh() : this.register()));
+    this.later(waitMs, () => (refresh ? this.refresh() : this.register()));
   }
 }

@@ -5,6 +5,7 @@ import type { CoapPacket, IncomingMessage, ObserveWriteStream, OutgoingMessage, 
 import { cborEncode } from '../coap/cbor.js';
 import { blockBytes, decodeBlock, decodeUint, encodeBlock, type BlockOption } from '../coap/client/options.js';
 import { formatLinkFormat, type Link } from '../mesh/linkformat.js';
+import type { MeterFirmwareReport } from '../firmware/rollout-types.js';
 
 /**
  * The CoAP server of one simulated meter, on the meter's own UDP socket (the
@@ -17,6 +18,11 @@ import { formatLinkFormat, type Link } from '../mesh/linkformat.js';
  *                    (about 3.3 KiB, so a client needs Block2, RFC 7959)
  *   PUT  /fw         a firmware image, usually Block1-wise; answered 2.04 with
  *   POST /fw         the hex SHA-256 of the bytes received
+ *   GET  /fw/state   (with the `firmware` option) the meter's firmware and the
+ *                    state of its update, CBOR (issue 9, fw-protocol: the
+ *                    meter pulls images from the gateway; meter-firmware.ts)
+ *   POST /fw/update  (with the `firmware` option) a CBOR firmware offer;
+ *                    answered 2.04, 4.00, 4.09 or 4.13 (with Size1)
  *   GET  /relay      'connected' or 'disconnected' (text)
  *   PUT  /relay      the same text: switches the relay (and notifies /status)
  *   POST /dlms       (with the `dlms` option) a ciphered xDLMS request, bare
@@ -45,6 +51,8 @@ import { formatLinkFormat, type Link } from '../mesh/linkformat.js';
 export const STATUS_PATH = '/status';
 export const LOAD_PROFILE_PATH = '/lp';
 export const FIRMWARE_PATH = '/fw';
+export const FIRMWARE_STATE_PATH = '/fw/state';
+export const FIRMWARE_UPDATE_PATH = '/fw/update';
 export const RELAY_PATH = '/relay';
 export const METER_DLMS_PATH = '/dlms';
 /** The link of /dlms, listed only by meters that serve it. */
@@ -59,6 +67,11 @@ const meterLinks: Link[] = [
   { target: RELAY_PATH, attributes: { rt: 'ami.relay', ct: '0' } },
 ];
 export const METER_LINKS: readonly Link[] = Object.freeze(meterLinks);
+/** The links of the pull-model firmware update, listed by meters that serve it. */
+export const FIRMWARE_UPDATE_LINKS: readonly Link[] = Object.freeze([
+  { target: FIRMWARE_STATE_PATH, attributes: { rt: 'ami.firmware.state', ct: '60' } },
+  { target: FIRMWARE_UPDATE_PATH, attributes: { rt: 'ami.firmware.update', ct: '60' } },
+]);
 
 /** Firmware images larger than this are refused (4.13): more than any meter's flash slot. */
 export const MAX_FIRMWARE_BYTES = 4 * 1024 * 1024;
@@ -95,7 +108,17 @@ export interface MeterServerOptions {
   now?: () => number;
   /** Serves POST /dlms: the answer to a request's payload (and its query string). */
   dlms?: (request: { payload: Buffer; query: string }) => { code: string; payload: Buffer };
+  /** Serves GET /fw/state and POST /fw/update (the meter pulls images from the gateway). */
+  firmware?: MeterFirmwareService;
   faults?: MeterServerFaults;
+}
+
+/** The meter's side of the firmware update protocol, as its server needs it (meter-firmware.ts implements it). */
+export interface MeterFirmwareService {
+  /** GET /fw/state: sent as CBOR. */
+  state(): MeterFirmwareReport;
+  /** POST /fw/update with the request's payload: 2.04, 4.00, 4.09 or 4.13, and a diagnostic for refusals. */
+  offer(payload: Buffer): { code: string; message?: string };
 }
 
 export interface MeterServerFaults {
@@ -254,6 +277,17 @@ export class MeterCoapServer {
     return this.options.dlms ? [...METER_LINKS, DLMS_LINK] : METER_LINKS;
   }
 
+  /**
+   * The links under /.well-known/core: the registered ones and, when it
+   * serves them, /fw/state and /fw/update. These two are not registered with
+   * the resource directory (RFC 9176 lets an endpoint register a subset): the
+   * gateway finds them by the protocol, not through the directory, and the
+   * registrations stay as they were.
+   */
+  get wellKnownLinks(): readonly Link[] {
+    return this.options.firmware ? [...this.links, ...FIRMWARE_UPDATE_LINKS] : this.links;
+  }
+
   /** Requests dropped by the `faults` option (offline or lost), and answers lost after handling. */
   readonly dropped = { requests: 0, answers: 0 };
 
@@ -359,6 +393,9 @@ export class MeterCoapServer {
       case FIRMWARE_PATH:
         if (req.method !== 'PUT' && req.method !== 'POST') return this.answer(res, '4.05', 'PUT or POST a firmware image');
         return this.firmware(req, res, block1);
+      case FIRMWARE_STATE_PATH:
+      case FIRMWARE_UPDATE_PATH:
+        return this.serveFirmwareUpdate(req, res, path);
       case RELAY_PATH:
         return this.serveRelay(req, res);
       case METER_DLMS_PATH:
@@ -366,7 +403,7 @@ export class MeterCoapServer {
       case WELL_KNOWN_CORE:
         if (req.method !== 'GET') return this.answer(res, '4.05', 'GET only');
         res.setOption('Content-Format', CONTENT_FORMAT_LINK_FORMAT);
-        res.end(formatLinkFormat(this.links));
+        res.end(formatLinkFormat(this.wellKnownLinks));
         return;
       default:
         return this.answer(res, '4.04', `no resource ${path}`);
@@ -431,6 +468,29 @@ export class MeterCoapServer {
     res.code = answer.code;
     res.setOption('Content-Format', 'application/octet-stream');
     res.end(answer.payload);
+  }
+
+  private serveFirmwareUpdate(req: IncomingMessage, res: OutgoingMessage, path: string): void {
+    const service = this.options.firmware;
+    if (!service) return this.answer(res, '4.04', `no resource ${path}`);
+    if (path === FIRMWARE_STATE_PATH) {
+      if (req.method !== 'GET') return this.answer(res, '4.05', 'GET only');
+      res.setOption('Content-Format', CONTENT_FORMAT_CBOR);
+      res.end(cborEncode(service.state()));
+      return;
+    }
+    if (req.method !== 'POST') return this.answer(res, '4.05', 'POST a CBOR firmware offer');
+    // The library names the formats it knows ('application/cbor') and leaves others as numbers.
+    const format: unknown = req.headers['Content-Format'];
+    if (format !== undefined && format !== CONTENT_FORMAT_CBOR && format !== 60) return this.answer(res, '4.00', 'an offer is application/cbor');
+    const answer = service.offer(req.payload);
+    if (answer.code === '2.04') {
+      res.code = '2.04';
+      res.end();
+      return;
+    }
+    if (answer.code === '4.13') res.setOption('Size1', MAX_FIRMWARE_BYTES);
+    this.answer(res, answer.code, answer.message ?? '');
   }
 
   private serveRelay(req: IncomingMessage, res: OutgoingMessage): void {

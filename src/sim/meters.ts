@@ -25,6 +25,7 @@ import {
   type RegistrationStats,
 } from './mesh-meter.js';
 import { MeterCoapServer } from './meter-server.js';
+import { SimulatedMeterFirmware, type FirmwareDownloadPolicy } from './meter-firmware.js';
 import { faultsFor, type FaultAssignment, type RelayOptions, type RelayStats, type SimulatedRelay } from './relay.js';
 
 export interface MeterFleetOptions {
@@ -77,11 +78,34 @@ export interface MeterFleetOptions {
   faults?: readonly FaultAssignment[];
   /** Fraction (0..1) of requests to the meters' servers dropped, and of answers dropped (`--loss`). */
   lossRate?: number;
+  /**
+   * Fraction (0..1) of datagrams lost on each meter's radio link, both ways:
+   * every datagram its socket sends (its own requests, its answers, ACKs)
+   * and every one sent to it is dropped with this probability. Unlike
+   * `lossRate` it also hits what the meter asks of the gateway (readings,
+   * registrations, firmware downloads) and the gateway's answers to it.
+   */
+  linkLossRate?: number;
+  /**
+   * The model and running firmware of meter `name` (the index-th, from 0),
+   * for serving meters (GET /fw/state, POST /fw/update). Default: model
+   * AMX-100 and the versions of meterRadioProfile(name).
+   */
+  firmware?: (name: string, index: number) => { model: string; comm: string; metro: string };
+  /** Block2 size a meter downloads firmware in (16..1024, default 256). */
+  firmwareBlockSize?: number;
+  /** How long a meter stays 'updating' before it runs a downloaded image (default 200 ms). */
+  firmwareInstallMs?: number;
+  /** Timeouts, retries and backoff of firmware downloads (see meter-firmware.ts). */
+  firmwareDownload?: FirmwareDownloadPolicy;
   /** Options of every meter's relay (e.g. rechargeMs, controlMode); faults come from `faults`. */
   relay?: Omit<RelayOptions, 'faults'>;
-  /** [0, 1) random source of the loss; Math.random by default. */
+  /** [0, 1) random source of the loss (`lossRate` and `linkLossRate`); Math.random by default. */
   random?: () => number;
 }
+
+/** The model a simulated meter reports when `firmware` does not say. */
+export const DEFAULT_SIM_METER_MODEL = 'AMX-100';
 
 /** One meter's relay as the simulator sees it (for tests: actuation counts prove nothing moved twice). */
 export interface SimRelayInfo {
@@ -101,6 +125,10 @@ export interface MeterFleetStats extends RegistrationStats {
   failed: number;
   refused: number;
   droppedOldest: number;
+  /** Datagrams the meters' sockets did not send (`linkLossRate`). */
+  linkDroppedSent: number;
+  /** Datagrams that reached the meters' sockets and were not delivered (`linkLossRate`). */
+  linkDroppedReceived: number;
 }
 
 /** One simulated meter as seen from outside: where it is and whether it is registered. */
@@ -157,6 +185,8 @@ class SimulatedMeter {
 
   registrar: MeterRegistrar | undefined;
   server: MeterCoapServer | undefined;
+  /** Its firmware and update state machine (serving meters). */
+  firmware: SimulatedMeterFirmware | undefined;
   /** Answers nothing while true (the `offline` fault, or setOffline). */
   offline = false;
 
@@ -262,6 +292,8 @@ export class MeterFleet {
     registrationDeferred: 0,
     registrationRetries: 0,
     registrationFailed: 0,
+    linkDroppedSent: 0,
+    linkDroppedReceived: 0,
   };
   private readonly ackListeners = new Set<(reading: MeterReading) => void>();
   private readonly registrationListeners = new Set<(event: RegistrationEvent) => void>();
@@ -350,10 +382,13 @@ export class MeterFleet {
         this.options.log?.warn(message);
       },
     };
+    const linkLossRate = this.options.linkLossRate ?? 0;
     for (const [i, name] of names.entries()) {
       const socket = (opened[i] as PromiseFulfilledResult<Socket>).value;
       // The socket's owner: a socket error must not end the process; requests on it time out and are retried.
       socket.on('error', () => undefined);
+      // Before the agent and the server use the socket: both see the lossy link.
+      if (linkLossRate > 0) this.loseOnLink(socket, linkLossRate);
       const faults = faultsFor(this.options.faults ?? [], name, i + 1);
       const cosem =
         this.options.protocol === 'dlms'
@@ -375,18 +410,44 @@ export class MeterFleet {
       const meter = new SimulatedMeter(name, socket, agent, bootId, cosem);
       meter.offline = faults.includes('offline');
       if (this.options.serve) {
+        const profile = meterRadioProfile(name);
+        const installed = this.options.firmware?.(name, i) ?? { model: DEFAULT_SIM_METER_MODEL, comm: profile.fwComm, metro: profile.fwMetro };
+        const firmware = new SimulatedMeterFirmware({
+          name,
+          ...installed,
+          agent,
+          gateway: target,
+          ...(this.options.firmwareBlockSize !== undefined ? { blockSize: this.options.firmwareBlockSize } : {}),
+          ...(this.options.firmwareInstallMs !== undefined ? { installMs: this.options.firmwareInstallMs } : {}),
+          ...(this.options.firmwareDownload ? { download: this.options.firmwareDownload } : {}),
+          signal: this.abort.signal,
+          track: (work) => this.track(work),
+          // A new firmware runs after a reboot: the meter joins the directory again, with its new versions.
+          reboot: () => meter.registrar?.reboot(),
+        });
+        meter.firmware = firmware;
         const server = new MeterCoapServer({
           name,
           energyWh: () => meter.energyRegisterWh,
           statusIntervalMs: this.options.statusIntervalMs ?? DEFAULT_STATUS_INTERVAL_MS,
           ...(cosem ? { dlms: (request: { payload: Buffer; query: string }) => serveDlms(cosem, request) } : {}),
+          firmware,
           faults: { offline: () => meter.offline, lossRate: this.options.lossRate ?? 0, ...(this.options.random ? { random: this.options.random } : {}) },
         });
         await server.listen(socket);
         meter.server = server;
       }
       if (this.options.register) {
-        const registrar = new MeterRegistrar(name, agent, context, meterRadioProfile(name), meter.server ? this.baseOf(socket) : undefined, meter.server ? meter.server.links : []);
+        const firmware = meter.firmware;
+        const registrar = new MeterRegistrar(
+          name,
+          agent,
+          context,
+          meterRadioProfile(name),
+          meter.server ? this.baseOf(socket) : undefined,
+          meter.server ? meter.server.links : [],
+          firmware ? () => firmware.versions() : undefined,
+        );
         registrar.onRegistered = () => this.pump(meter);
         meter.registrar = registrar;
       }
@@ -403,8 +464,9 @@ export class MeterFleet {
     const dlmsServed = this.options.protocol === 'dlms' ? ' /dlms' : '';
     const faultNote = (this.options.faults?.length ?? 0) > 0 ? `; relay faults ${this.options.faults?.map((f) => `${f.fault}:${f.meter}`).join(',')}` : '';
     const lossNote = (this.options.lossRate ?? 0) > 0 ? `; ${(this.options.lossRate ?? 0) * 100}% loss` : '';
-    const serving = this.options.serve ? `, each serving /status /lp /fw /relay${dlmsServed} on its own port (${this.bind})${faultNote}${lossNote}` : '';
-    this.options.log?.info(`sim-meters: ${this.options.count} meters posting ${what}${joining}${serving}`);
+    const linkNote = linkLossRate > 0 ? `; ${linkLossRate * 100}% datagram loss on every meter's link` : '';
+    const serving = this.options.serve ? `, each serving /status /lp /fw /fw/state /fw/update /relay${dlmsServed} on its own port (${this.bind})${faultNote}${lossNote}` : '';
+    this.options.log?.info(`sim-meters: ${this.options.count} meters posting ${what}${joining}${serving}${linkNote}`);
     const summaryEvery = this.options.summaryEverySeconds ?? 0;
     if (summaryEvery > 0) {
       let last = 0;
@@ -450,6 +512,11 @@ export class MeterFleet {
     return out;
   }
 
+  /** The firmware and update state machine of meter `name` (serving meters only). */
+  firmwareOf(name: string): SimulatedMeterFirmware | undefined {
+    return this.meterList.find((meter) => meter.name === name)?.firmware;
+  }
+
   /** Takes meter `name` off the mesh (it answers nothing) or back. */
   setOffline(name: string, offline: boolean): void {
     const meter = this.meterList.find((m) => m.name === name);
@@ -475,6 +542,35 @@ export class MeterFleet {
       meter.socket.close();
     }
     await this.recorder?.close();
+  }
+
+  /**
+   * Makes `socket` a lossy radio link: each datagram sent or received is
+   * dropped with probability `rate`. A dropped send still calls back as sent
+   * (the coap library counts datagrams in flight until their callback).
+   */
+  private loseOnLink(socket: Socket, rate: number): void {
+    const random = this.options.random ?? Math.random;
+    const send = socket.send.bind(socket) as (...args: unknown[]) => void;
+    const sendOrLose = (...args: unknown[]): void => {
+      if (random() < rate) {
+        this.stats.linkDroppedSent += 1;
+        const callback = args[args.length - 1];
+        if (typeof callback === 'function') process.nextTick(callback, null, 0);
+        return;
+      }
+      send(...args);
+    };
+    socket.send = sendOrLose as Socket['send'];
+    const emit = socket.emit.bind(socket) as (event: string | symbol, ...args: unknown[]) => boolean;
+    const emitOrLose = (event: string | symbol, ...args: unknown[]): boolean => {
+      if (event === 'message' && random() < rate) {
+        this.stats.linkDroppedReceived += 1;
+        return false;
+      }
+      return emit(event, ...args);
+    };
+    socket.emit = emitOrLose as Socket['emit'];
   }
 
   private track(work: Promise<void>): void {

@@ -44,7 +44,7 @@ describe('firmware resource defers image blocks to control traffic', () => {
   });
 
   it('answers 5.03 Max-Age while a relay command is pending, and the image once it is done', async () => {
-    const peer = { address: '::1', port: endpoint.port };
+    const peer = { address: '::1', port: endpoint.port as number };
     // A relay command to a meter that does not answer: pending until its retransmissions run out.
     const silentMeter = await RawCoapPeer.open();
     const control = gatewayClient.request({ peer: { address: silentMeter.address, port: silentMeter.port }, method: 'POST', path: '/dlms', priority: 'control' }).catch((err: unknown) => err);
