@@ -104,8 +104,19 @@ export interface DlmsUplink {
 /** A further resource served on the mesh endpoint (the resource directory, later others). */
 export interface MeshResource {
   matches(path: string): boolean;
-  /** Must answer `res`; a throw is reported as an 'error' event and answered 5.00. */
-  handle(req: IncomingMessage, res: OutgoingMessage, path: string, query: string): void;
+  /**
+   * Must answer `res`; a throw is reported as an 'error' event and answered 5.00.
+   * `block2` is the request's Block2 option for a resource that cuts its own blocks.
+   */
+  handle(req: IncomingMessage, res: OutgoingMessage, path: string, query: string, block2?: Buffer): void;
+  /**
+   * The resource answers Block2 requests itself, one block per answer with
+   * its own Block2 and ETag options. The endpoint then keeps the request's
+   * Block2 option from the coap library, which would otherwise cut the
+   * answer itself, replace the ETag with a 2-byte digest and cache the whole
+   * body for every block's token.
+   */
+  readonly ownBlock2?: boolean;
 }
 
 export type UplinkListener = (uplink: Uplink) => void;
@@ -181,6 +192,8 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
   private readonly pending = new Map<string, PendingReading>();
   /** Block1 options taken off requests before the library saw them: the endpoint reassembles bodies itself. */
   private readonly block1Options = new WeakMap<CoapPacket, Buffer>();
+  /** Block2 options taken off requests for resources that cut their own blocks (MeshResource.ownBlock2). */
+  private readonly block2Options = new WeakMap<CoapPacket, Buffer>();
   private readonly block1 = new Block1Assembler({ maxBodyBytes: MAX_BLOCKWISE_BODY_BYTES, maxUploads: 1000, idleMs: 60_000 });
   private boundPort: number | undefined;
   /** Datagrams dropped by the allowlist. */
@@ -255,7 +268,12 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
       if (typeof packet.code === 'string' && packet.code.startsWith('0.') && packet.options) {
         const block1 = packet.options.find((option) => option.name === 'Block1');
         if (block1 && Buffer.isBuffer(block1.value)) this.block1Options.set(packet, block1.value);
-        packet.options = packet.options.filter((option) => option.name !== 'Block1' && option.name !== 'Observe');
+        const block2 = packet.options.find((option) => option.name === 'Block2');
+        const ownBlock2 = block2 !== undefined && Buffer.isBuffer(block2.value) && this.ownsBlock2(packet);
+        if (ownBlock2) this.block2Options.set(packet, block2.value as Buffer);
+        packet.options = packet.options.filter(
+          (option) => option.name !== 'Block1' && option.name !== 'Observe' && !(ownBlock2 && option.name === 'Block2'),
+        );
       }
       handlePacket(packet, rsinfo);
     };
@@ -377,6 +395,17 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
     handle(message, rsinfo);
   }
 
+  /** Whether the request's path belongs to a resource that cuts its own Block2 blocks. */
+  private ownsBlock2(packet: CoapPacket): boolean {
+    let own = false;
+    for (const resource of this.resources) if (resource.ownBlock2) own = true;
+    if (!own) return false;
+    const segments = (packet.options ?? []).filter((option) => option.name === 'Uri-Path').map((option) => String(option.value));
+    const path = `/${segments.join('/')}`;
+    for (const resource of this.resources) if (resource.matches(path)) return resource.ownBlock2 === true;
+    return false;
+  }
+
   private handle(req: IncomingMessage, res: OutgoingMessage): void {
     try {
       this.route(req, res);
@@ -413,7 +442,7 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
     for (const resource of this.resources) {
       if (!resource.matches(path)) continue;
       // A throw is handle()'s to report and answer.
-      resource.handle(req, res, path, query);
+      resource.handle(req, res, path, query, resource.ownBlock2 ? this.block2Options.get(req._packet) : undefined);
       return;
     }
     if (path !== READINGS_PATH && path !== DLMS_PATH) {

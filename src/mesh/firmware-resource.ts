@@ -1,19 +1,29 @@
 import type { IncomingMessage, OutgoingMessage } from 'coap';
+import { blockBytes, decodeBlock, encodeBlock } from '../coap/client/options.js';
 import type { MeshResource } from '../coap/endpoint.js';
 import { FirmwareError, type FirmwareRepository, type ImageToSend } from '../firmware/index.js';
 
 /**
  * The gateway's firmware images served to meters over the mesh (issue 9):
  * `GET /fw` lists the good images in link format (RFC 6690), `GET
- * /fw/<image id>` sends one image, block-wise (RFC 7959 Block2) as the coap
- * library cuts large bodies, in whatever block size the meter asks for.
+ * /fw/<image id>` sends one image, block-wise (RFC 7959 Block2) in the
+ * block size the meter asks for, at most 512 bytes (a larger wish is
+ * answered in 512-byte blocks, as RFC 7959 section 2.3 allows; a 6LoWPAN
+ * mesh carries 1024-byte blocks poorly anyway).
+ *
+ * The resource cuts its blocks itself (MeshResource.ownBlock2): the coap
+ * library would replace the ETag with a 2-byte XOR of the image and keep the
+ * whole image in its cache for every block's token.
  *
  * Every download is verified before it starts: the first block (Block2 num
  * 0, or a request without Block2) re-reads and re-verifies the image
  * (signature, chain, size, SHA-256) through the repository, and later blocks
  * come from those verified bytes, kept for `keepMs` after the last request
  * so that a slow meter's download stays consistent even if the file changes
- * under it. A quarantined or unknown image is 4.04: it is never sent.
+ * under it. Downloads that start while a verification of their image is
+ * running share its verdict (a hundred meters starting at once cost one
+ * verification, not a hundred). A quarantined or unknown image is 4.04: it
+ * is never sent.
  */
 export interface FirmwareResourceOptions {
   /** How long verified bytes serve later blocks after the last request for them (default 120 s). */
@@ -42,8 +52,13 @@ interface Verified {
   lastUsed: number;
 }
 
+/** The largest block served (SZX 5). */
+export const MAX_FIRMWARE_BLOCK_SZX = 5;
+
 export class FirmwareResource implements MeshResource {
+  readonly ownBlock2 = true;
   private readonly verified = new Map<string, Verified>();
+  private readonly verifying = new Map<string, Promise<ImageToSend>>();
   /** Block requests answered 5.03 because control traffic was under way. */
   deferred = 0;
   private readonly keepMs: number;
@@ -61,7 +76,7 @@ export class FirmwareResource implements MeshResource {
     return path === '/fw' || path.startsWith('/fw/');
   }
 
-  handle(req: IncomingMessage, res: OutgoingMessage, path: string): void {
+  handle(req: IncomingMessage, res: OutgoingMessage, path: string, _query = '', block2?: Buffer): void {
     if (req.method !== 'GET') {
       res.code = '4.05';
       res.end();
@@ -83,7 +98,13 @@ export class FirmwareResource implements MeshResource {
       res.end();
       return;
     }
-    void this.send(id, blockNumber(req), res);
+    const asked = block2 === undefined ? undefined : decodeBlock(block2);
+    if (block2 !== undefined && (asked === undefined || asked.szx > 6)) {
+      res.code = '4.00';
+      res.end();
+      return;
+    }
+    void this.send(id, asked, res);
   }
 
   private list(res: OutgoingMessage): void {
@@ -95,12 +116,13 @@ export class FirmwareResource implements MeshResource {
     res.end(Buffer.from(links.join(',')));
   }
 
-  private async send(id: string, block: number, res: OutgoingMessage): Promise<void> {
+  private async send(id: string, asked: { num: number; szx: number } | undefined, res: OutgoingMessage): Promise<void> {
     this.forgetIdle();
-    let entry = block > 0 ? this.verified.get(id) : undefined;
+    const num = asked?.num ?? 0;
+    let entry = num > 0 ? this.verified.get(id) : undefined;
     if (!entry) {
       try {
-        const image = await this.repository.verifyBeforeSend(id);
+        const image = await this.verifyOnce(id);
         entry = { image, etag: Buffer.from(image.manifest.sha256.slice(0, 16), 'hex'), lastUsed: this.now() };
         this.verified.set(id, entry);
       } catch (err) {
@@ -113,25 +135,42 @@ export class FirmwareResource implements MeshResource {
       }
     }
     entry.lastUsed = this.now();
+    const bytes = entry.image.bytes;
     res.setOption('Content-Format', OCTET_STREAM);
-    // An ETag lets a meter resuming a download tell whether the image is still the same. For a
-    // block-wise answer the coap library replaces it with its own digest of the payload, which
-    // serves the same purpose; ours stands when the image fits one block.
+    // The start of the image's SHA-256: a meter resuming a download can tell whether the image is still the same.
     res.setOption('ETag', entry.etag);
-    res.end(entry.image.bytes);
+    const szx = Math.min(asked?.szx ?? MAX_FIRMWARE_BLOCK_SZX, MAX_FIRMWARE_BLOCK_SZX);
+    const size = blockBytes(szx);
+    if (asked === undefined && bytes.length <= size) {
+      res.end(bytes);
+      return;
+    }
+    // The same bytes at the smaller block size when the meter asked for larger blocks (RFC 7959 section 2.3).
+    const offset = asked === undefined ? 0 : asked.num * blockBytes(asked.szx);
+    if (offset >= bytes.length && !(offset === 0 && bytes.length === 0)) {
+      res.code = '4.02';
+      res.end();
+      return;
+    }
+    const first = Math.floor(offset / size);
+    const block = bytes.subarray(first * size, first * size + size);
+    res.setOption('Block2', encodeBlock({ num: first, more: first * size + size < bytes.length, szx }));
+    res.setOption('Size2', bytes.length);
+    res.end(block);
+  }
+
+  /** One verification at a time per image: downloads starting while it runs share its verdict. */
+  private verifyOnce(id: string): Promise<ImageToSend> {
+    let running = this.verifying.get(id);
+    if (!running) {
+      running = this.repository.verifyBeforeSend(id).finally(() => this.verifying.delete(id));
+      this.verifying.set(id, running);
+    }
+    return running;
   }
 
   private forgetIdle(): void {
     const cutoff = this.now() - this.keepMs;
     for (const [id, entry] of this.verified) if (entry.lastUsed < cutoff) this.verified.delete(id);
   }
-}
-
-/** The block a request asks for (RFC 7959 2.2: NUM is the option value shifted right by 4), 0 without Block2. */
-function blockNumber(req: IncomingMessage): number {
-  const option = req._packet.options?.find((o) => o.name === 'Block2');
-  if (!option || !Buffer.isBuffer(option.value)) return 0;
-  let value = 0;
-  for (const byte of option.value) value = value * 256 + byte;
-  return Math.floor(value / 16);
 }

@@ -221,6 +221,8 @@ export class MeterRegistrar {
    * belong to a meter that no longer exists and are ignored.
    */
   private generation = 0;
+  /** Aborts the registration request in flight (a reboot forgets it). */
+  private inFlight: AbortController | undefined;
   /** Called each time the meter becomes registered. */
   onRegistered: () => void = () => undefined;
 
@@ -248,7 +250,10 @@ export class MeterRegistrar {
   reboot(): void {
     if (this.context.signal.aborted) return;
     this.generation += 1;
-    // An attempt still in flight belongs to the old generation; its answer will be ignored.
+    // A rebooted meter has forgotten the request it had in flight: it retransmits it no more (a copy
+    // arriving late would register the old versions again), and an answer to it is ignored.
+    this.inFlight?.abort();
+    this.inFlight = undefined;
     this.busy = false;
     this.forget();
     this.register();
@@ -317,8 +322,14 @@ export class MeterRegistrar {
           ...(this.links.length > 0 ? { payload: Buffer.from(formatLinkFormat(this.links)) } : {}),
         };
     const generation = this.generation;
+    const inFlight = new AbortController();
+    this.inFlight = inFlight;
+    const stop = (): void => inFlight.abort();
+    this.context.signal.addEventListener('abort', stop, { once: true });
     // Not busy any more before the answer is acted on: acting on it may start the next attempt.
-    const work = rdRequest(this.agent, this.context.gateway, { ...request, timeoutMs: this.context.timeoutMs, signal: this.context.signal }).then(
+    const work = rdRequest(this.agent, this.context.gateway, { ...request, timeoutMs: this.context.timeoutMs, signal: inFlight.signal })
+      .finally(() => this.context.signal.removeEventListener('abort', stop))
+      .then(
       (answer) => {
         if (generation !== this.generation) return;
         this.busy = false;

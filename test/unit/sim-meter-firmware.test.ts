@@ -58,6 +58,8 @@ interface BlockRequest {
   num: number;
   szx: number;
   at: number;
+  /** The request's Block2 option, as the endpoint hands it to the resource. */
+  block2?: Buffer;
 }
 
 /**
@@ -68,19 +70,21 @@ class RecordingFirmwareResource implements MeshResource {
   readonly requests: BlockRequest[] = [];
   intercept: ((request: BlockRequest, req: IncomingMessage, res: OutgoingMessage) => boolean) | undefined;
 
+  /** Like the images it wraps, it gets the request's Block2 option from the endpoint. */
+  readonly ownBlock2 = true;
+
   constructor(readonly images: FirmwareResource) {}
 
   matches(p: string): boolean {
     return this.images.matches(p);
   }
 
-  handle(req: IncomingMessage, res: OutgoingMessage, p: string): void {
-    const value: unknown = req._packet.options?.find((option) => option.name === 'Block2')?.value;
-    const block = Buffer.isBuffer(value) ? decodeBlock(value) : undefined;
-    const request = { path: p, num: block?.num ?? 0, szx: block?.szx ?? -1, at: Date.now() };
+  handle(req: IncomingMessage, res: OutgoingMessage, p: string, query: string, block2?: Buffer): void {
+    const block = block2 === undefined ? undefined : decodeBlock(block2);
+    const request = { path: p, num: block?.num ?? 0, szx: block?.szx ?? -1, at: Date.now(), ...(block2 ? { block2 } : {}) };
     this.requests.push(request);
     if (this.intercept?.(request, req, res)) return;
-    this.images.handle(req, res, p);
+    this.images.handle(req, res, p, query, block2);
   }
 }
 
@@ -261,7 +265,7 @@ describe('a simulated meter updating its firmware from the gateway', () => {
     gateway.firmware.intercept = (request, req, res) => {
       if (request.num !== 3) return false;
       block3Asked();
-      void block3Released.then(() => gateway.firmware.images.handle(req, res, request.path));
+      void block3Released.then(() => gateway.firmware.images.handle(req, res, request.path, '', request.block2));
       return true;
     };
     const installed = stateChange(meter.firmware, (report) => report.state === 'idle' && report.comm === '2.2.0');
