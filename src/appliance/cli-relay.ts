@@ -1,5 +1,3 @@
-import http from 'node:http';
-import https from 'node:https';
 import { parseArgs } from 'node:util';
 import {
   MAX_CONCURRENCY,
@@ -18,6 +16,7 @@ import {
   type RelayStatusEntry,
 } from '../relay/api.js';
 import { RELAY_ALARM_CODES, type RelayAction, type RelayAlarm, type RelayAlarmCode, type RelayResult } from '../relay/types.js';
+import { adminRequest, AdminRequestTimeoutError, networkErrorText } from './admin-http.js';
 import { bearerToken, KeysUsageError } from './cli-keys.js';
 
 /**
@@ -307,10 +306,9 @@ interface Reply {
 }
 
 /**
- * One request to the admin API. Not fetch: undici gives up waiting for the
- * response headers after 300 s whatever the signal says, and a group's
- * disconnect answers when the last meter has. Resolves with the parsed JSON
- * body of a 2xx answer, or with the command's result for anything else.
+ * One request to the admin API (adminRequest: not fetch, a group's
+ * disconnect may answer after more than 300 s). Resolves with the parsed
+ * JSON body of a 2xx answer, or with the command's result for anything else.
  */
 async function call(
   base: string,
@@ -327,16 +325,16 @@ async function call(
     token = await bearerToken(base, str(values, 'user'));
   } catch (err) {
     if (err instanceof KeysUsageError) throw new RelayUsageError(err.message);
-    return { exitCode: RELAY_EXIT.unreachable, output: `ami-gateway: cannot reach ${base}: ${errorText(err)}` };
+    return { exitCode: RELAY_EXIT.unreachable, output: `ami-gateway: cannot reach ${base}: ${networkErrorText(err)}` };
   }
   let reply: { status: number; text: string };
   try {
-    reply = await request(`${base}${route}`, method, token, body === undefined ? undefined : JSON.stringify(body), timeoutMs);
+    reply = await adminRequest(`${base}${route}`, method, token, body === undefined ? undefined : JSON.stringify(body), timeoutMs);
   } catch (err) {
-    if (err instanceof TimeoutError && hint) {
+    if (err instanceof AdminRequestTimeoutError && hint) {
       return { exitCode: RELAY_EXIT.unreachable, output: `ami-gateway: ${base}: ${err.message}; the gateway keeps the commands it accepted: see ${hint()}` };
     }
-    return { exitCode: RELAY_EXIT.unreachable, output: `ami-gateway: cannot reach ${base}: ${errorText(err)}` };
+    return { exitCode: RELAY_EXIT.unreachable, output: `ami-gateway: cannot reach ${base}: ${networkErrorText(err)}` };
   }
   let json: unknown;
   try {
@@ -365,47 +363,6 @@ function errorResult(base: string, route: string, status: number, json: unknown,
     return { exitCode: RELAY_EXIT.unreachable, output: `ami-gateway: ${base} has no ${route.split('?')[0]} (not an ami-gateway, or an older version)` };
   }
   return failed(`${base} answered HTTP ${status}${code ? ` ${code}` : ''}${message ? `: ${message}` : ''}`);
-}
-
-class TimeoutError extends Error {
-  override readonly name = 'TimeoutError';
-}
-
-function request(url: string, method: string, token: string | undefined, body: string | undefined, timeoutMs: number): Promise<{ status: number; text: string }> {
-  return new Promise((resolve, reject) => {
-    const headers: Record<string, string> = { accept: 'application/json' };
-    if (token) headers.authorization = `Bearer ${token}`;
-    if (body !== undefined) {
-      headers['content-type'] = 'application/json';
-      headers['content-length'] = String(Buffer.byteLength(body));
-    }
-    const req = (url.toLowerCase().startsWith('https:') ? https : http).request(url, { method, headers });
-    const timer = setTimeout(() => req.destroy(new TimeoutError(`no answer within ${formatDuration(timeoutMs)}`)), timeoutMs);
-    req.on('error', (err) => {
-      clearTimeout(timer);
-      reject(err);
-    });
-    req.on('response', (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (chunk: Buffer) => chunks.push(chunk));
-      res.on('error', (err) => {
-        clearTimeout(timer);
-        reject(err);
-      });
-      res.on('end', () => {
-        clearTimeout(timer);
-        resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString('utf8') });
-      });
-    });
-    req.end(body);
-  });
-}
-
-function errorText(err: unknown): string {
-  if (err instanceof AggregateError && err.errors.length > 0) return (err.errors as Error[]).map((x) => x.message).join('; ');
-  const e = err as Error & { cause?: unknown; code?: string };
-  const cause = e.cause instanceof Error ? `: ${e.cause.message}` : '';
-  return `${e.message || e.code || String(err)}${cause}`;
 }
 
 function notAReport(what: string): RelayCommandResult {
@@ -509,8 +466,4 @@ function table(header: string[], rows: string[][]): string[] {
 
 function isoTime(ms: number): string {
   return Number.isFinite(ms) ? new Date(ms).toISOString().replace(/\.\d{3}Z$/, 'Z') : '-';
-}
-
-function formatDuration(ms: number): string {
-  return ms >= 60_000 ? `${Math.round(ms / 60_000)} min` : `${Math.round(ms / 1000)} s`;
 }

@@ -123,6 +123,19 @@ Usage:
                                             $AMI_DATA_DIR/firmware) checked against AMI_FIRMWARE_TRUST_ANCHORS:
                                             signature, chain, size, SHA-256; verify exits 1 when an image is
                                             quarantined (with its reason)
+  ami-gateway firmware rollout [--comm V] [--metro V] (--meter ID | --meters ID,ID,... | --group TAG=VALUE)
+                    [--concurrency N] [--id ID] [--wait] [--json]
+                                            update the meters' firmware through the running gateway (at least one
+                                            of --comm, --metro; the gateway plans each meter's steps from its own
+                                            images and refuses incompatible pairs); --id makes a repeat return the
+                                            same rollout; --wait follows it to the end with a progress line when the
+                                            counts change, then a table per meter; exit 0 every meter
+                                            FW_UPDATE_SUCCESS or FW_ALREADY_CURRENT (without --wait: accepted),
+                                            1 some failed or refused
+  ami-gateway firmware status [ROLLOUT_ID] [--json]
+                                            the rollouts, newest first, or one rollout's meters (phase, step,
+                                            progress %, outcome and reason)
+                                            (firmware rollout, status: --url and --user as for keys)
   ami-gateway hash-password                 read a password on stdin, print its bcrypt hash for adminUsers
   ami-gateway --version
 
@@ -508,7 +521,22 @@ export async function main(argv: string[]): Promise<number | undefined> {
         }
       }
       case 'firmware': {
-        const { firmwareCommand, FirmwareUsageError } = await import('./cli-firmware.js');
+        const { firmwareCommand, firmwareGatewayCommand, FIRMWARE_GATEWAY_ACTIONS, FirmwareUsageError } = await import('./cli-firmware.js');
+        if ((FIRMWARE_GATEWAY_ACTIONS as readonly string[]).includes(rest[0] ?? '')) {
+          // rollout and status ask the running gateway, which holds the images and the trust anchors.
+          try {
+            const result = await firmwareGatewayCommand(rest, {
+              httpPort: loadConfig().httpPort,
+              writeLine: (stream, line) => process[stream].write(`${line}\n`),
+            });
+            // Reports go to stdout (also with exit code 1: failed meters), errors ("ami-gateway: ...") to stderr.
+            (result.output.startsWith('ami-gateway:') ? process.stderr : process.stdout).write(`${result.output}\n`);
+            return result.exitCode;
+          } catch (err) {
+            if (err instanceof FirmwareUsageError) throw new UsageError(err.message);
+            throw err;
+          }
+        }
         const { readFileSync } = await import('node:fs');
         const config = loadConfig();
         if (config.firmwareTrustAnchors === undefined) {
