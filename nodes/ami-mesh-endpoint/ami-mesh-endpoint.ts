@@ -12,6 +12,7 @@ import {
   DEFAULT_RETRY_AFTER_SECONDS,
   MeshEndpoint,
   RECEIVE_BUFFER_BYTES,
+  type MeshResource,
 } from '../../src/coap/endpoint.js';
 import { formatCoapUrl } from '../../src/coap/url.js';
 import { explainListenError } from '../../src/coap/server.js';
@@ -178,6 +179,8 @@ export = function register(RED: NodeAPI): void {
     /** Registrations whose RSSI/LQI came from the radio (not from the meter), so newer measurements replace them. */
     const radioMeasured = new Set<string>();
     const registryListeners = new Map<string, (event: MeshRegistryEvent) => void>();
+    /** Resources users serve on the endpoint (the firmware images), with their user: added again when the endpoint reopens. */
+    const userResources = new Map<MeshResource, { user: string; remove: () => void }>();
     let stopForwarding: (() => void) | undefined;
     registries.set(node.id, { name: node.name ?? '', registry: () => registry });
     try {
@@ -226,6 +229,7 @@ export = function register(RED: NodeAPI): void {
         ...(registeredOnly ? { isRegisteredSource: (address: string) => registry?.hasAddress(address) ?? false } : {}),
       });
       endpoint = mesh;
+      for (const [resource, served] of userResources) served.remove = mesh.addResource(resource);
       users.status({ fill: 'yellow', shape: 'ring', text: RED._('ami-mesh-endpoint.status.starting') });
       mesh.on('received', () => gatewayHealth.increment('meshReceived'));
       // Counted, logged at debug only: a scan from outside must not flood the log.
@@ -442,6 +446,16 @@ export = function register(RED: NodeAPI): void {
       });
     };
 
+    node.addResource = (user, resource) => {
+      userResources.set(resource, { user: user.id, remove: endpoint?.addResource(resource) ?? (() => undefined) });
+      return () => {
+        const served = userResources.get(resource);
+        if (served?.user !== user.id) return;
+        served.remove();
+        userResources.delete(resource);
+      };
+    };
+
     node.meterRegistry = () => registry;
 
     node.meshClient = () => {
@@ -475,6 +489,11 @@ export = function register(RED: NodeAPI): void {
     node.deregister = async (user) => {
       removers.get(user.id)?.();
       removers.delete(user.id);
+      for (const [resource, served] of userResources) {
+        if (served.user !== user.id) continue;
+        served.remove();
+        userResources.delete(resource);
+      }
       if (users.deregister(user)) gatewayHealth.setProblem(healthKey, undefined);
       if (users.size === 0) await closeClient();
       if (users.size === 0 && endpoint) {

@@ -23,6 +23,12 @@ export interface MeshEndpointNode extends Node {
    * more than one, unnamed) registered from that IP.
    */
   lookupMeter(address: string, endpoint?: string): RegisteredMeter | undefined;
+  /**
+   * Serves a further resource (the firmware images) on the endpoint for a
+   * registered user, also after the endpoint reopens; returns the function
+   * that removes it (deregistering the user removes it too).
+   */
+  addResource(user: Node, resource: import('../../src/coap/endpoint.js').MeshResource): () => void;
 }
 
 /** The registration a message's source address belongs to, in `mesh in` messages. */
@@ -198,4 +204,23 @@ export interface AllowlistNode extends Node {
    * Throws a FirewallError BAD_CONFIG when it is not valid.
    */
   config(): import('../../src/firewall/ruleset.js').FirewallConfig;
+}
+
+/** What a `firmware rollout` node hears from its `ami-firmware` config node. */
+export interface FirmwareUserListeners {
+  /** A meter of any rollout finished (entry.outcome set), whoever started the rollout. */
+  result?: (entry: import('../../src/firmware/rollout-types.js').MeterRolloutEntry) => void;
+  /** A rollout finished. */
+  finished?: (summary: import('../../src/firmware/rollout-types.js').RolloutSummary) => void;
+}
+
+/** What `firmware rollout` nodes see of the `ami-firmware` config node, which owns the FirmwareRolloutService. */
+export interface FirmwareServiceNode extends Node {
+  /** Adds a user: it gets the service's state as its status (what keeps it from working, or ready). */
+  register(user: Node, listeners: FirmwareUserListeners): void;
+  deregister(user: Node): Promise<void>;
+  /** The service once open; rejects with an error `code` NOT_READY saying why it is not running. */
+  service(): Promise<import('../../src/firmware/rollout.js').FirmwareRolloutService>;
+  /** Registered meters whose registry tag `tag` is `value`, by endpoint name. */
+  groupMeters(selector: import('../../src/firmware/api.js').FirmwareGroupSelector): string[];
 }

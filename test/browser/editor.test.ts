@@ -20,7 +20,7 @@ const MESH_IN_ID = 'a1f0c0de00000005';
 const HES_OUT_ID = 'a1f0c0de00000006';
 const HELP_FIRST_SENTENCE = "Receives what meters post to the gateway's mesh CoAP endpoint";
 /** A message-catalog key of one of our nodes shown instead of its translation. */
-const RAW_KEY = /\bami-(?:mesh-in|mesh-endpoint|hes-out|hes-endpoint|store|keyring|dlms-decode|dlms-encode|relay|relay-command|firewall|allowlist|optical-read)\.[A-Za-z][\w.-]*/;
+const RAW_KEY = /\bami-(?:mesh-in|mesh-endpoint|hes-out|hes-endpoint|store|keyring|dlms-decode|dlms-encode|relay|relay-command|firewall|allowlist|optical-read|firmware|firmware-rollout)\.[A-Za-z][\w.-]*/;
 /** Per UI step; the whole file stays well under a minute. */
 const STEP_MS = 15_000;
 
@@ -102,7 +102,7 @@ describe('Node-RED editor of the appliance (Chromium)', () => {
     expect(await category.locator('.red-ui-palette-node[data-palette-type="ami-mesh-events"] .red-ui-palette-label').innerText()).toBe('mesh events');
     // The palette wraps this label over two lines.
     expect((await category.locator('.red-ui-palette-node[data-palette-type="ami-relay-command"] .red-ui-palette-label').innerText()).replace(/\s+/g, ' ')).toBe('relay command');
-    expect(await category.locator('.red-ui-palette-node').count()).toBe(11);
+    expect(await category.locator('.red-ui-palette-node').count()).toBe(12);
 
     // Icons: the editor only uses a module's icon path when the runtime listed the file.
     const icons: Array<[string, string]> = [

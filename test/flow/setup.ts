@@ -32,6 +32,8 @@ export const nodes = {
   allowlist: requireFromHere(path.join(DIST, 'nodes/ami-allowlist/ami-allowlist.js')) as NodeModule,
   firewall: requireFromHere(path.join(DIST, 'nodes/ami-firewall/ami-firewall.js')) as NodeModule,
   opticalRead: requireFromHere(path.join(DIST, 'nodes/ami-optical-read/ami-optical-read.js')) as NodeModule,
+  firmware: requireFromHere(path.join(DIST, 'nodes/ami-firmware/ami-firmware.js')) as NodeModule,
+  firmwareRollout: requireFromHere(path.join(DIST, 'nodes/ami-firmware-rollout/ami-firmware-rollout.js')) as NodeModule,
 };
 export const allNodes = Object.values(nodes);
 

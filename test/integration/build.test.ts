@@ -30,7 +30,7 @@ describe('npm run build', () => {
   it('assembles each node next to its compiled runtime and the flows as examples', () => {
     const result = build();
     expect(result.status, result.stderr).toBe(0);
-    expect(result.stdout).toMatch(/build: 18 nodes, \d+ example flows/);
+    expect(result.stdout).toMatch(/build: 20 nodes, \d+ example flows/);
     for (const file of [
       'dist/nodes/ami-mesh-in/ami-mesh-in.js',
       'dist/nodes/ami-mesh-in/ami-mesh-in.html',

@@ -75,7 +75,7 @@ describe('the npm package installed into a plain Node-RED', () => {
     expect(packedFiles.filter((file) => file.startsWith('test/'))).toEqual([]);
   });
 
-  it('registers our eighteen node types, enabled and without load errors', async () => {
+  it('registers our twenty node types, enabled and without load errors', async () => {
     const response = await fetch(`${baseUrl}/nodes`, { headers: { accept: 'application/json' } });
     const sets = (await response.json()) as Array<{ module: string; types: string[]; enabled: boolean; err?: string }>;
     const ours = sets.filter((set) => set.module === 'node-red-contrib-ami-gateway');
@@ -86,6 +86,8 @@ describe('the npm package installed into a plain Node-RED', () => {
       'ami-dlms-decode',
       'ami-dlms-encode',
       'ami-firewall',
+      'ami-firmware',
+      'ami-firmware-rollout',
       'ami-hes-commands',
       'ami-hes-endpoint',
       'ami-hes-out',
