@@ -19,7 +19,11 @@ declare module 'node-red-node-test-helper' {
     startServer(): Promise<void>;
     stopServer(): Promise<void>;
     /** supertest against the admin app. */
-    request(): { get(path: string): PromiseLike<{ status: number; body: unknown }> };
+    /** A supertest agent on the runtime's admin app. */
+    request(): {
+      get(path: string): PromiseLike<{ status: number; body: unknown }>;
+      post(path: string): { send(body: unknown): PromiseLike<{ status: number; body: unknown }> };
+    };
     settings(userSettings: Record<string, unknown>): void;
   }
 

@@ -258,6 +258,37 @@ describe('ami-firmware with trust anchors, and firmware rollout', () => {
     await storedAtHes(`firmware-result:${rolloutId}:${meter}`);
   });
 
+  it('runs a rollout asked for on the admin API (as ami-gateway firmware rollout does) and reports it on GET /ami/firmware/rollouts/ID', async () => {
+    const rolloutId = 'api-group-metro';
+    const accepted = await helper
+      .request()
+      .post('/ami/firmware/rollouts')
+      .send({ metro: '5.1.0', group: `feeder=${PLAN.feeder}`, id: rolloutId, concurrency: 2 });
+    expect(accepted.status).toBe(202);
+    expect(accepted.body).toMatchObject({ rollout: { rolloutId, total: 3, want: { metro: '5.1.0' } } });
+    // The HES hears of each meter once its outcome is journaled.
+    await Promise.all(PLAN.members.map((meter) => storedAtHes(`firmware-result:${rolloutId}:${meter}`)));
+    const status = await helper.request().get(`/ami/firmware/rollouts/${rolloutId}`);
+    expect(status.status).toBe(200);
+    const body = status.body as { rollout: RolloutSummary; meters: MeterRolloutEntry[] };
+    expect(body.rollout).toMatchObject({ rolloutId, done: 3, byCode: { FW_UPDATE_SUCCESS: 3 } });
+    expect(body.meters.map((m) => [m.meter, m.outcome?.code, m.outcome?.versions])).toEqual(
+      [...PLAN.members].sort().map((meter) => [meter, 'FW_UPDATE_SUCCESS', { comm: '2.2.0', metro: '5.1.0' }]),
+    );
+    for (const meter of PLAN.members) expect(fleet.firmwareOf(meter)!.versions()).toEqual({ comm: '2.2.0', metro: '5.1.0' });
+    const listed = await helper.request().get('/ami/firmware/rollouts');
+    expect((listed.body as { rollouts: RolloutSummary[] }).rollouts.map((r) => r.rolloutId)).toContain(rolloutId);
+
+    const noSuchGroup = await helper.request().post('/ami/firmware/rollouts').send({ metro: '5.1.0', group: 'feeder=NOWHERE' });
+    expect(noSuchGroup.status).toBe(400);
+    expect(noSuchGroup.body).toMatchObject({ code: 'EMPTY_TARGET' });
+    const misspelt = await helper.request().post('/ami/firmware/rollouts').send({ metro: '5.1.0', meter: PLAN.outsider, concurency: 2 });
+    expect(misspelt.status).toBe(400);
+    expect(misspelt.body).toMatchObject({ code: 'BAD_REQUEST' });
+    const unknown = await helper.request().get('/ami/firmware/rollouts/no-such-rollout');
+    expect(unknown.status).toBe(404);
+  });
+
   it('sends a message it cannot carry out to the catch node with a typed code, and starts nothing', async () => {
     const cases: Array<[Record<string, unknown>, string, RegExp]> = [
       [{ comm: 'two', meter: PLAN.outsider }, 'BAD_REQUEST', /comm/],
