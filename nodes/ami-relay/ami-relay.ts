@@ -159,6 +159,10 @@ export = function register(RED: NodeAPI): void {
     // A stand-in user of the mesh endpoint: it pushes its own status to users, which must not paint this config node.
     const meshUser = Object.assign(Object.create(node) as Node, { status: () => undefined });
     let meshRegistered = false;
+    // The same for the HES endpoint, which opens its uplink and outbox only for registered users:
+    // the relay's reports need them also in a flow without `hes out`.
+    const hesUser = Object.assign(Object.create(node) as Node, { status: () => undefined });
+    let hesRegistered = false;
     // A meter that registers again (after an outage, a power cut) runs its waiting commands now. The endpoint
     // forwards its registry's events to users, also when the registry loads after this node registered.
     const onRegistryEvent = (event: MeshRegistryEvent): void => {
@@ -206,6 +210,8 @@ export = function register(RED: NodeAPI): void {
               });
               let reporter: RelayReporter | undefined;
               if (hes) {
+                hes.register(hesUser);
+                hesRegistered = true;
                 const opened = new RelayReporter({
                   journal,
                   deliver: (report) => hes.deliver({ key: report.key, kind: report.kind, meter: report.meter, ts: report.ts, body: report.body }),
@@ -323,7 +329,11 @@ export = function register(RED: NodeAPI): void {
             }
           }
         } finally {
-          if (mesh && meshRegistered) await mesh.deregister(meshUser);
+          try {
+            if (hes && hesRegistered) await hes.deregister(hesUser);
+          } finally {
+            if (mesh && meshRegistered) await mesh.deregister(meshUser);
+          }
         }
       };
       shutdown().then(done, (err: Error) => {

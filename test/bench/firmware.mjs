@@ -4,17 +4,20 @@
 // the same bytes, in one run.
 //   gateway   MeshEndpoint (its datagram screen, duplicate detection, resource dispatch) with a
 //             FirmwareResource over a FirmwareRepository: GET /fw/bench/comm-9.9.0 re-verifies the
-//             image at block 0 of each download (signature, chain, size, SHA-256) and answers later
-//             blocks from those verified bytes; the coap library cuts the block.
+//             image at block 0 of each download (signature, chain, size, SHA-256; downloads that
+//             start while a verification runs share it) and answers later blocks from those
+//             verified bytes; the resource cuts the block itself (at most 512 bytes), with the
+//             image digest as ETag.
 //   baseline  coap.createServer answering that GET with the same bytes, Content-Format 42 and the
-//             same ETag option, nothing else (what the library costs); the library cuts the block.
+//             same ETag option, nothing else (what the library costs); the library cuts the block
+//             (and replaces the ETag with its own 2-byte digest).
 // The image: BENCH_FW_BYTES random bytes, signed with the test signer (firmware-images/test-ca)
 // into a temporary image folder, removed at the end. The default is 64 KiB, not a full-size
-// communication-module image, to keep the bench under a minute: the coap library's cost per
-// block grows with the whole body (for every Block2 response it XORs the whole body into its own
-// 2-byte ETag: ~1.4 us per KiB of image per block here, ~360 of the ~900 us a block costs at
-// 256 KiB), on both servers; 100 meters x 256 KiB in 512-byte blocks take 40-55 s per run on two
-// cores. BENCH_FW_BYTES=262144 measures that size (the run timeout grows with it).
+// communication-module image, to keep the bench under a minute: the baseline's cost per block
+// grows with the whole body (for every Block2 response the coap library XORs the whole body into
+// its own 2-byte ETag: ~1.4 us per KiB of image per block, ~360 of the ~900 us a block costs at
+// 256 KiB); 100 meters x 256 KiB in 512-byte blocks take 40-55 s per run on two cores.
+// BENCH_FW_BYTES=262144 measures that size (the run timeout grows with it).
 // Each server runs in its own child process (this file, with the variant as argument), the
 // meters in this one, so both servers get the same share of the machine; both children stay up
 // for the whole run and are measured alternately (which goes first alternates per run).
