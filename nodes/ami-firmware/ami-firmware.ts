@@ -173,6 +173,7 @@ export = function register(RED: NodeAPI): void {
             const removeResource = mesh!.addResource(meshUser, resource);
             let lease: DatabaseLease | undefined;
             let journal: RolloutJournal | undefined;
+            let openedService: FirmwareRolloutService | undefined;
             try {
               lease = await store!.acquire();
               journal = new RolloutJournal(lease.db);
@@ -195,7 +196,10 @@ export = function register(RED: NodeAPI): void {
                 // One setting: the gateway-wide limit, which a rollout that names no concurrency may use in full.
                 maxConcurrent: s.concurrency,
                 defaultConcurrency: s.concurrency,
+                isRegistered: (meter) => mesh!.meterRegistry()?.byEndpoint(meter) !== undefined,
               });
+              openedService = service;
+              service.on('problem', (meter, err) => node.warn(`firmware rollout, meter ${meter}: ${err.message}; it resumes at the next deploy`));
               let reporter: JournalReporter<FirmwareReport> | undefined;
               if (hes) {
                 // The HES endpoint opens its uplink and outbox for its users: the results need them even in a flow without `hes out`.
@@ -238,6 +242,8 @@ export = function register(RED: NodeAPI): void {
               return { repository, service, lease, reporter, removeResource };
             } catch (err) {
               removeResource();
+              // Closing the service also closes the journal; rollouts it resumed stop sending.
+              await openedService?.close().catch(() => undefined);
               await journal?.close().catch(() => undefined);
               await lease?.release().catch(() => undefined);
               throw err;

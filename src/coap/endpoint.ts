@@ -110,13 +110,13 @@ export interface MeshResource {
    */
   handle(req: IncomingMessage, res: OutgoingMessage, path: string, query: string, block2?: Buffer): void;
   /**
-   * The resource answers Block2 requests itself, one block per answer with
-   * its own Block2 and ETag options. The endpoint then keeps the request's
-   * Block2 option from the coap library, which would otherwise cut the
-   * answer itself, replace the ETag with a 2-byte digest and cache the whole
-   * body for every block's token.
+   * True for the paths whose Block2 requests the resource answers itself,
+   * one block per answer with its own Block2 and ETag options. The endpoint
+   * then keeps the request's Block2 option from the coap library, which
+   * would otherwise cut the answer itself, replace the ETag with a 2-byte
+   * digest and cache the whole body for every block's token.
    */
-  readonly ownBlock2?: boolean;
+  ownBlock2?(path: string): boolean;
 }
 
 export type UplinkListener = (uplink: Uplink) => void;
@@ -395,14 +395,14 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
     handle(message, rsinfo);
   }
 
-  /** Whether the request's path belongs to a resource that cuts its own Block2 blocks. */
+  /** Whether the request's path belongs to a resource that cuts its own Block2 blocks there. */
   private ownsBlock2(packet: CoapPacket): boolean {
-    let own = false;
-    for (const resource of this.resources) if (resource.ownBlock2) own = true;
-    if (!own) return false;
+    let any = false;
+    for (const resource of this.resources) if (resource.ownBlock2) any = true;
+    if (!any) return false;
     const segments = (packet.options ?? []).filter((option) => option.name === 'Uri-Path').map((option) => String(option.value));
     const path = `/${segments.join('/')}`;
-    for (const resource of this.resources) if (resource.matches(path)) return resource.ownBlock2 === true;
+    for (const resource of this.resources) if (resource.matches(path)) return resource.ownBlock2?.(path) === true;
     return false;
   }
 
@@ -442,7 +442,7 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
     for (const resource of this.resources) {
       if (!resource.matches(path)) continue;
       // A throw is handle()'s to report and answer.
-      resource.handle(req, res, path, query, resource.ownBlock2 ? this.block2Options.get(req._packet) : undefined);
+      resource.handle(req, res, path, query, resource.ownBlock2?.(path) ? this.block2Options.get(req._packet) : undefined);
       return;
     }
     if (path !== READINGS_PATH && path !== DLMS_PATH) {

@@ -89,8 +89,8 @@ export class RolloutJournal implements ReportJournal<FirmwareReport> {
   /** The meters of a rollout, in meter-name order. */
   async entries(rolloutId: string): Promise<MeterRolloutEntry[]> {
     const out: MeterRolloutEntry[] = [];
-    const prefix = entryKey(rolloutId, '');
-    for await (const value of this.sublevel.values({ gte: prefix, lt: `${prefix}\uffff` })) {
+    // Every key of the rollout sorts between `m!<id>!` and `m!<id>"` ('"' follows '!'), whatever the meter's name.
+    for await (const value of this.sublevel.values({ gte: entryKey(rolloutId, ''), lt: `m!${rolloutId}"` })) {
       const entry = this.decode<MeterRolloutEntry>(value);
       if (entry !== undefined) out.push(entry);
     }

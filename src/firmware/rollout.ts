@@ -67,6 +67,8 @@ export interface FirmwareRolloutServiceOptions {
   maxConcurrent?: number;
   /** Meters at once in a rollout that names none (default 8). */
   defaultConcurrency?: number;
+  /** Whether a meter is registered (has an address); a meter that is not when its turn comes ends FW_UNKNOWN_METER. */
+  isRegistered?: (meter: string) => boolean;
   now?: () => number;
 }
 
@@ -87,6 +89,8 @@ export interface FirmwareRolloutServiceEvents {
   finished: [RolloutSummary];
   /** Results for the HES were journaled (kick the reporter). */
   report: [];
+  /** A meter's lifecycle failed on the gateway's side (e.g. a journal write); it stays as journaled and resumes at the next open. */
+  problem: [meter: string, error: Error];
 }
 
 export type FirmwareRolloutErrorCode = 'BAD_REQUEST' | 'CLOSED';
@@ -134,6 +138,9 @@ export class FirmwareRolloutService extends EventEmitter<FirmwareRolloutServiceE
   /** Wakes the waits of a meter's rollout (it re-registered). */
   private readonly wakers = new Map<string, Set<() => void>>();
   private closed = false;
+  /** Rollouts being journaled by start(), by id: a second start() of the same id waits for the first. */
+  private readonly starting = new Map<string, Promise<RolloutSummary>>();
+  private readonly isRegistered: ((meter: string) => boolean) | undefined;
 
   private constructor(options: FirmwareRolloutServiceOptions) {
     super();
@@ -148,13 +155,14 @@ export class FirmwareRolloutService extends EventEmitter<FirmwareRolloutServiceE
     this.defaultConcurrency = options.defaultConcurrency ?? 8;
     this.now = options.now ?? Date.now;
     this.limiter = new Limiter(options.maxConcurrent ?? 16);
+    this.isRegistered = options.isRegistered;
   }
 
   /** Opens the service and resumes the rollouts the journal holds unfinished. */
   static async open(options: FirmwareRolloutServiceOptions): Promise<FirmwareRolloutService> {
     const service = new FirmwareRolloutService(options);
     for (const record of await options.journal.rollouts()) {
-      if (!record.finished) void service.run(record, await options.journal.entries(record.rolloutId)).catch(() => undefined);
+      if (!record.finished) service.run(record, await options.journal.entries(record.rolloutId));
     }
     return service;
   }
@@ -168,20 +176,52 @@ export class FirmwareRolloutService extends EventEmitter<FirmwareRolloutServiceE
     if (this.closed) throw new FirmwareRolloutError('CLOSED', 'the firmware rollout service is closed');
     const rolloutId = request.rolloutId ?? randomUUID();
     if (!ROLLOUT_ID.test(rolloutId)) throw new FirmwareRolloutError('BAD_REQUEST', `rollout id ${JSON.stringify(rolloutId)}: 1 to 128 of A-Z a-z 0-9 . _ : -`);
-    const known = await this.summary(rolloutId);
-    if (known) return known;
     const want = checkWanted(request.want);
     const meters = checkMeters(request.meters);
     const concurrency = request.concurrency ?? this.defaultConcurrency;
     if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 1024) {
       throw new FirmwareRolloutError('BAD_REQUEST', `concurrency ${String(concurrency)}: a whole number from 1 to 1024`);
     }
-    const record: RolloutRecord = { rolloutId, want, meters, concurrency, createdAt: this.now(), finished: false };
-    if (request.requestedBy !== undefined) record.requestedBy = request.requestedBy;
-    const entries = meters.map((meter): MeterRolloutEntry => ({ rolloutId, meter, phase: 'queued', attempts: 0, updatedAt: record.createdAt }));
-    await this.journal.putRollout(record, entries);
-    void this.run(record, entries).catch(() => undefined);
-    return summarize(record, entries);
+    // Two requests with one id at once: the second waits for the first, then finds it known.
+    const starting = this.starting.get(rolloutId);
+    if (starting) await starting.catch(() => undefined);
+    const known = (await this.journal.rollout(rolloutId)) ?? this.live.get(rolloutId)?.record;
+    if (known) {
+      if (!sameRequest(known, want, meters)) {
+        throw new FirmwareRolloutError('BAD_REQUEST', `rollout ${rolloutId} exists with other versions or meters; give a new id`);
+      }
+      return (await this.summary(rolloutId)) as RolloutSummary;
+    }
+    const claim = (async (): Promise<RolloutSummary> => {
+      // A meter in a rollout still running would get offers from two loops: refused, naming the rollout.
+      const busy = this.runningRolloutOf(meters);
+      if (busy) throw new FirmwareRolloutError('BAD_REQUEST', `meter ${busy.meter} is already in rollout ${busy.rolloutId}, still running`);
+      const record: RolloutRecord = { rolloutId, want, meters, concurrency, createdAt: this.now(), finished: false };
+      if (request.requestedBy !== undefined) record.requestedBy = request.requestedBy;
+      const entries = meters.map((meter): MeterRolloutEntry => ({ rolloutId, meter, phase: 'queued', attempts: 0, updatedAt: record.createdAt }));
+      const written = this.journal.putRollout(record, entries);
+      this.run(record, entries, written);
+      // Accepted once on disk: a rollout the caller was told about survives a restart.
+      await written;
+      return summarize(record, entries);
+    })();
+    this.starting.set(rolloutId, claim);
+    try {
+      return await claim;
+    } finally {
+      if (this.starting.get(rolloutId) === claim) this.starting.delete(rolloutId);
+    }
+  }
+
+  /** A meter of `meters` that a running rollout has not finished with, if any. */
+  private runningRolloutOf(meters: readonly string[]): { meter: string; rolloutId: string } | undefined {
+    for (const { record, entries } of this.live.values()) {
+      for (const meter of meters) {
+        const entry = entries.get(meter);
+        if (entry && entry.phase !== 'done') return { meter, rolloutId: record.rolloutId };
+      }
+    }
+    return undefined;
   }
 
   /** Resolves with the summary once every meter of the rollout has an outcome (or at once for a finished one). */
@@ -251,41 +291,53 @@ export class FirmwareRolloutService extends EventEmitter<FirmwareRolloutServiceE
 
   // -------------------------------------------------------------------------
 
-  private run(record: RolloutRecord, journaled: readonly MeterRolloutEntry[]): Promise<RolloutSummary> {
+  /**
+   * Runs a rollout in the background (live at once, so status and overlap
+   * checks see it); `written` is the journal write of a new rollout, which
+   * must be on disk before anything is sent.
+   */
+  private run(record: RolloutRecord, journaled: readonly MeterRolloutEntry[], written: Promise<void> = Promise.resolve()): void {
     const entries = new Map<string, MeterRolloutEntry>();
     for (const meter of record.meters) entries.set(meter, { rolloutId: record.rolloutId, meter, phase: 'queued', attempts: 0, updatedAt: record.createdAt });
     for (const entry of journaled) if (entries.has(entry.meter)) entries.set(entry.meter, entry);
     const perRollout = new Limiter(Math.max(1, record.concurrency));
     const done = (async () => {
-      await Promise.all(
-        record.meters.map((meter) =>
-          perRollout.run(() =>
-            this.limiter.run(async () => {
-              if (this.closed) return;
-              const entry = entries.get(meter) as MeterRolloutEntry;
-              if (entry.phase === 'done') return;
-              try {
-                await this.runMeter(record, entry, (next) => entries.set(meter, next));
-              } catch (err) {
-                if (!(err instanceof Stopped)) throw err;
-              }
-            }),
+      try {
+        await written;
+        await Promise.all(
+          record.meters.map((meter) =>
+            perRollout.run(() =>
+              this.limiter.run(async () => {
+                if (this.closed) return;
+                const entry = entries.get(meter) as MeterRolloutEntry;
+                if (entry.phase === 'done') return;
+                try {
+                  await this.runMeter(record, entry, (next) => entries.set(meter, next));
+                } catch (err) {
+                  if (err instanceof Stopped) return;
+                  // The meter stays as journaled (it resumes at the next open); the others go on.
+                  this.emit('problem', meter, err instanceof Error ? err : new Error(String(err)));
+                }
+              }),
+            ),
           ),
-        ),
-      );
-      const all = [...entries.values()];
-      const finished = all.every((e) => e.phase === 'done');
-      if (finished && !this.closed) {
-        record.finished = true;
-        await this.journal.putRollout(record);
+        );
+        const all = [...entries.values()];
+        const finished = all.every((e) => e.phase === 'done');
+        if (finished && !this.closed) {
+          record.finished = true;
+          await this.journal.putRollout(record);
+        }
+        const summary = summarize(record, all);
+        if (finished) this.emit('finished', summary);
+        return summary;
+      } finally {
+        this.live.delete(record.rolloutId);
       }
-      const summary = summarize(record, all);
-      this.live.delete(record.rolloutId);
-      if (finished) this.emit('finished', summary);
-      return summary;
     })();
+    // Failures are told per meter ('problem'); this catch only keeps an unobserved rejection quiet.
+    done.catch(() => undefined);
     this.live.set(record.rolloutId, { record, entries, done });
-    return done;
   }
 
   /** One meter's lifecycle; throws Stopped when the service closes (the journal says where it was). */
@@ -323,7 +375,11 @@ export class FirmwareRolloutService extends EventEmitter<FirmwareRolloutServiceE
 
     const meter = entry.meter;
     // 1. check (also where a restarted rollout learns what the meter is doing).
-    if (entry.phase === 'queued') await save({ phase: 'checking' });
+    if (entry.phase === 'queued') {
+      // Only before anything was sent: later, a meter may be away while it reboots.
+      if (this.isRegistered && !this.isRegistered(meter)) return finish('FW_UNKNOWN_METER', `meter ${meter} is not registered with the gateway`, undefined);
+      await save({ phase: 'checking' });
+    }
     let state = await this.readUntil(meter, this.now() + this.stepTimeoutMs);
     if (!state.ok) return finish('COMM_TIMEOUT_ERR', state.reason, undefined);
     if (entry.steps === undefined) {
@@ -375,8 +431,16 @@ export class FirmwareRolloutService extends EventEmitter<FirmwareRolloutServiceE
           await save({ phase: 'offering', attempts: entry.attempts + 1, size: m.size, received: 0, ...(problem !== undefined ? { lastProblem: problem } : {}) });
           const answer = await this.offer(meter, { path: imagePath(step.imageId), target: m.target, version: m.version, sha256: m.sha256, size: m.size });
           if (answer.kind === 'refused') return finish('FW_UPDATE_FAILED', `${step.target} ${step.to}: ${answer.problem}`, pairOf(report));
-          await save(answer.kind === 'ok' ? { phase: 'downloading' } : { lastProblem: answer.problem });
-          deadline = this.now() + this.stepTimeoutMs;
+          if (answer.kind === 'busy') {
+            // Busy (4.09, 5.03), unreached or the queue full: not an offer the meter took; asked again until the deadline.
+            await save({ attempts: entry.attempts - 1, lastProblem: answer.problem });
+            if (this.now() >= deadline) {
+              return finish(answer.problem.startsWith('COMM_TIMEOUT_ERR') ? 'COMM_TIMEOUT_ERR' : 'FW_UPDATE_FAILED', `${step.target} ${step.to}: ${answer.problem}`, pairOf(report));
+            }
+          } else {
+            await save({ phase: 'downloading' });
+            deadline = this.now() + this.stepTimeoutMs;
+          }
           offerAgain = false;
         }
         await this.pause(meter);
@@ -521,6 +585,14 @@ function checkMeters(meters: readonly string[]): string[] {
     }
   }
   return unique;
+}
+
+/** Whether a known rollout is what is asked for again (same versions, same meters). */
+function sameRequest(known: RolloutRecord, want: WantedFirmware, meters: readonly string[]): boolean {
+  if (known.want.comm !== want.comm || known.want.metro !== want.metro) return false;
+  if (known.meters.length !== meters.length) return false;
+  const set = new Set(known.meters);
+  return meters.every((m) => set.has(m));
 }
 
 function summarize(record: RolloutRecord, entries: readonly MeterRolloutEntry[]): RolloutSummary {

@@ -36,6 +36,12 @@ export interface FirmwareResourceOptions {
   deferWhile?: () => boolean;
   /** Max-Age of a deferral (default 2 s). */
   deferSeconds?: number;
+  /**
+   * Blocks are deferred for at most this long in a row (default 10 s): a
+   * relay command retransmitting to a dead meter must not stall every
+   * download on the mesh for its whole 93 s.
+   */
+  maxDeferMs?: number;
   /** Told about each download that was refused (quarantined, changed on disk, unknown), for logs and counters. */
   onRefused?: (id: string, error: FirmwareError) => void;
   now?: () => number;
@@ -56,9 +62,13 @@ interface Verified {
 export const MAX_FIRMWARE_BLOCK_SZX = 5;
 
 export class FirmwareResource implements MeshResource {
-  readonly ownBlock2 = true;
+  /** Images are cut here; the listing (GET /fw) is left to the library's Block2. */
+  ownBlock2(path: string): boolean {
+    return path.startsWith('/fw/');
+  }
   private readonly verified = new Map<string, Verified>();
   private readonly verifying = new Map<string, Promise<ImageToSend>>();
+  private deferringSince: number | undefined;
   /** Block requests answered 5.03 because control traffic was under way. */
   deferred = 0;
   private readonly keepMs: number;
@@ -86,12 +96,20 @@ export class FirmwareResource implements MeshResource {
       this.list(res);
       return;
     }
-    const id = path
-      .slice('/fw/'.length)
-      .split('/')
-      .map((segment) => decodeURIComponent(segment))
-      .join('/');
-    if (this.options.deferWhile?.()) {
+    let id: string;
+    try {
+      id = path
+        .slice('/fw/'.length)
+        .split('/')
+        .map((segment) => decodeURIComponent(segment))
+        .join('/');
+    } catch {
+      // A malformed percent-escape names no image.
+      res.code = '4.04';
+      res.end();
+      return;
+    }
+    if (this.deferNow()) {
       this.deferred += 1;
       res.code = '5.03';
       res.setOption('Max-Age', this.options.deferSeconds ?? 2);
@@ -167,6 +185,16 @@ export class FirmwareResource implements MeshResource {
       this.verifying.set(id, running);
     }
     return running;
+  }
+
+  private deferNow(): boolean {
+    if (!this.options.deferWhile?.()) {
+      this.deferringSince = undefined;
+      return false;
+    }
+    const now = this.now();
+    this.deferringSince ??= now;
+    return now - this.deferringSince < (this.options.maxDeferMs ?? 10_000);
   }
 
   private forgetIdle(): void {

@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { generate, parse, type ParsedPacket } from 'coap-packet';
 import { decodeBlock, decodeUint, encodeBlock, MeshClient } from '../../src/coap/client/index.js';
 import { MeshEndpoint } from '../../src/coap/endpoint.js';
-import { openFirmwareRepository } from '../../src/firmware/index.js';
+import { FirmwareError, openFirmwareRepository, type FirmwareRepository } from '../../src/firmware/index.js';
 import { FirmwareResource } from '../../src/mesh/firmware-resource.js';
 import { REPO_ROOT } from '../helpers/appliance.js';
 import { RawCoapPeer } from '../helpers/raw-coap-peer.js';
@@ -135,5 +135,62 @@ describe('firmware resource cuts its own blocks', () => {
     expect(past.code).toBe('4.02');
     const malformed = await rawGet(endpoint.port as number, ['fw', 'acme', 'comm-2.1.0'], Buffer.from([0x0f]));
     expect(malformed.code).toBe('4.00');
+  });
+});
+
+describe('firmware resource: the listing and the deferral cap', () => {
+  /** A catalog of many images: the listing outgrows one block. */
+  const manyImages = Array.from({ length: 40 }, (_, i) => ({
+    id: `acme/comm-2.${i}.0`,
+    manifest: { target: 'comm', version: `2.${i}.0`, size: 4096 },
+  }));
+  const catalog = {
+    goodImages: () => manyImages,
+    verifyBeforeSend: (id: string) => Promise.reject(new FirmwareError('UNKNOWN_IMAGE', `no image ${id}`, id)),
+  } as unknown as FirmwareRepository;
+  let endpoint: MeshEndpoint;
+  let client: MeshClient;
+  let clock = 0;
+  let deferring = false;
+
+  beforeAll(async () => {
+    client = await MeshClient.open({ bind: '::1' }, { transmission: FAST });
+    endpoint = new MeshEndpoint({ bind: '::1', port: 0, acceptTimeoutMs: 2_000, retryAfterSeconds: 30 });
+    endpoint.addResource(new FirmwareResource(catalog, { deferWhile: () => deferring, maxDeferMs: 10_000, now: () => clock }));
+    await endpoint.start();
+  });
+
+  afterAll(async () => {
+    await client.close();
+    await endpoint.stop();
+  });
+
+  it('sends a listing larger than a block block-wise, whole', async () => {
+    const listing = await client.request({ peer: { address: '::1', port: endpoint.port as number }, method: 'GET', path: '/fw', blockSize: 256 });
+    expect(listing.code).toBe('2.05');
+    expect(listing.exchanges).toBeGreaterThan(1);
+    expect(listing.payload.toString().split(',')).toHaveLength(40);
+  });
+
+  it('defers image blocks for at most maxDeferMs in a row, then serves them even while control traffic lasts', async () => {
+    const peer = { address: '::1', port: endpoint.port as number };
+    deferring = true;
+    clock = 1_000;
+    // The catalog is not a repository: past the deferral, the image is unknown (4.04), which is what shows it was served.
+    expect((await client.request({ peer, method: 'GET', path: '/fw/acme/comm-2.1.0' })).code).toBe('5.03');
+    clock = 10_999;
+    expect((await client.request({ peer, method: 'GET', path: '/fw/acme/comm-2.1.0' })).code).toBe('5.03');
+    clock = 11_000;
+    expect((await client.request({ peer, method: 'GET', path: '/fw/acme/comm-2.1.0' })).code).not.toBe('5.03');
+    // Control traffic over: the next stretch of it may defer again.
+    deferring = false;
+    expect((await client.request({ peer, method: 'GET', path: '/fw/acme/comm-2.1.0' })).code).not.toBe('5.03');
+    deferring = true;
+    expect((await client.request({ peer, method: 'GET', path: '/fw/acme/comm-2.1.0' })).code).toBe('5.03');
+  });
+
+  it('a malformed percent-escape in the image path is 4.04, not an error', async () => {
+    const answer = await rawGet(endpoint.port as number, ['fw', '%zz']);
+    expect(answer.code).toBe('4.04');
   });
 });

@@ -48,6 +48,8 @@ interface ScriptedMeter {
   silent: boolean;
   /** Installs leave the old version running (a meter that rolls back). */
   rollsBack: boolean;
+  /** Offers answered 4.09 (busy with another image) before one is taken. */
+  busyOffers: number;
 }
 
 class ScriptedMeters implements FirmwareMeterPort {
@@ -70,6 +72,7 @@ class ScriptedMeters implements FirmwareMeterPort {
       corruptDownloads: 0,
       silent: false,
       rollsBack: false,
+      busyOffers: 0,
       ...init,
     };
     meter.ran.push({ comm: meter.comm, metro: meter.metro });
@@ -115,6 +118,10 @@ class ScriptedMeters implements FirmwareMeterPort {
     signal.throwIfAborted();
     const m = this.meter(name);
     m.offers.push(offer);
+    if (m.busyOffers > 0) {
+      m.busyOffers -= 1;
+      throw new FirmwarePortError('METER_BUSY', `meter ${name}: POST /fw/update answered 4.09`);
+    }
     if ((m.state === 'downloading' || m.state === 'updating') && m.image?.sha256 === offer.sha256) return;
     if (m.image?.sha256 !== offer.sha256) m.received = 0;
     m.image = { target: offer.target, version: offer.version, sha256: offer.sha256 };
@@ -136,7 +143,7 @@ let repository: FirmwareRepository;
 let port: ScriptedMeters;
 const opened: { service: FirmwareRolloutService; lease: DatabaseLease }[] = [];
 
-async function openService(options: { stepTimeoutMs?: number; maxAttempts?: number; maxConcurrent?: number } = {}): Promise<{ service: FirmwareRolloutService; journal: RolloutJournal; lease: DatabaseLease }> {
+async function openService(options: { stepTimeoutMs?: number; maxAttempts?: number; maxConcurrent?: number; isRegistered?: (meter: string) => boolean } = {}): Promise<{ service: FirmwareRolloutService; journal: RolloutJournal; lease: DatabaseLease }> {
   const lease = await acquireDatabase(path.join(dir, 'db'));
   const journal = new RolloutJournal(lease.db, { sync: false });
   const service = await FirmwareRolloutService.open({ journal, repository, port, pollMs: 1, stepTimeoutMs: 2000, ...options });
@@ -321,5 +328,54 @@ describe('firmware rollout', () => {
     await service.wait('r');
     const image = await readFile(path.join(dir, 'images', 'acme', 'comm-2.2.0', 'image.bin'));
     expect(meter.offers[0]).toMatchObject({ sha256: createHash('sha256').update(image).digest('hex'), size: image.length });
+  });
+
+  it('a busy meter (4.09) is asked again until the step deadline without using up its offers', async () => {
+    const meter = port.add('busy', { busyOffers: 5 });
+    const { service } = await openService({ maxAttempts: 2 });
+    await service.start({ want: { comm: '2.2.0' }, meters: ['busy'], rolloutId: 'r' });
+    expect((await service.wait('r')).byCode).toEqual({ FW_UPDATE_SUCCESS: 1 });
+    expect(meter.offers).toHaveLength(6);
+    const [entry] = await service.meters('r');
+    expect(entry?.attempts).toBe(1);
+  });
+
+  it('an unregistered meter ends FW_UNKNOWN_METER at once', async () => {
+    port.add('known');
+    const { service } = await openService({ isRegistered: (meter) => meter === 'known' });
+    await service.start({ want: { comm: '2.2.0' }, meters: ['known', 'typo'], rolloutId: 'r' });
+    expect((await service.wait('r')).byCode).toEqual({ FW_UPDATE_SUCCESS: 1, FW_UNKNOWN_METER: 1 });
+  });
+
+  it('starts one rollout for two simultaneous requests with its id, refuses the id with other versions, and a meter already in a running rollout', async () => {
+    const meter = port.add('m1', { rate: 256 });
+    port.add('m2');
+    const { service } = await openService();
+    const request = { want: { comm: '2.2.0' }, meters: ['m1'], rolloutId: 'same' };
+    const [a, b] = await Promise.all([service.start(request), service.start(request)]);
+    expect(a.rolloutId).toBe('same');
+    expect(b.rolloutId).toBe('same');
+    await expect(service.start({ ...request, want: { comm: '2.1.0' } })).rejects.toMatchObject({ code: 'BAD_REQUEST', message: /other versions or meters/ });
+    await expect(service.start({ want: { comm: '2.2.0' }, meters: ['m2', 'm1'], rolloutId: 'other' })).rejects.toMatchObject({
+      code: 'BAD_REQUEST',
+      message: /m1 is already in rollout same/,
+    });
+    expect((await service.wait('same')).byCode).toEqual({ FW_UPDATE_SUCCESS: 1 });
+    expect(meter.offers).toHaveLength(1);
+    expect((await service.rollouts()).map((r) => r.rolloutId)).toEqual(['same']);
+  });
+
+  it('keeps meters whose names sort above U+FFFF in UTF-8 across a restart', async () => {
+    const name = 'meter-\u{1F50C}';
+    port.add(name, { rate: 512 });
+    let h = await openService();
+    await h.service.start({ want: { comm: '2.2.0' }, meters: [name], rolloutId: 'r' });
+    await port.receivedAtLeast(1024);
+    await shutdown(h);
+    opened.length = 0;
+    h = await openService();
+    expect((await h.journal.entries('r')).map((e) => e.meter)).toEqual([name]);
+    expect((await h.service.wait('r')).byCode).toEqual({ FW_UPDATE_SUCCESS: 1 });
+    expect(port.meters.get(name)?.offers).toHaveLength(1);
   });
 });

@@ -71,7 +71,9 @@ class RecordingFirmwareResource implements MeshResource {
   intercept: ((request: BlockRequest, req: IncomingMessage, res: OutgoingMessage) => boolean) | undefined;
 
   /** Like the images it wraps, it gets the request's Block2 option from the endpoint. */
-  readonly ownBlock2 = true;
+  ownBlock2(p: string): boolean {
+    return this.images.ownBlock2(p);
+  }
 
   constructor(readonly images: FirmwareResource) {}
 
