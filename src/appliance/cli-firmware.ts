@@ -413,7 +413,10 @@ async function waitForRollout(
   for (;;) {
     const answer = await callGateway(base, token, 'GET', statusRoute(rolloutId), undefined, QUERY_TIMEOUT_MS);
     if (answer.kind === 'failure') {
-      if (!answer.transient) return answer.result;
+      // This gateway answered for the rollout before: a bare 404 now is Node-RED up but its flows not
+      // yet (a restart), worth waiting for like a 503.
+      const starting = answer.status === 404 && answer.code === undefined;
+      if (!answer.transient && !starting) return answer.result;
       if (lostSince === undefined) {
         lostSince = now();
         context.writeLine?.(stream, `${isoTime(now())}  ${answer.result.output.replace(/^ami-gateway: /, '')}; asking again for ${Math.round(grace / 1000)} s`);
@@ -451,7 +454,7 @@ type GatewayAnswer =
    * starting or redeploying (503 NOT_READY, 404 NO_FIRMWARE): worth asking
    * again while waiting, unlike a refusal of the request itself.
    */
-  | { kind: 'failure'; result: FirmwareCommandResult; transient: boolean };
+  | { kind: 'failure'; result: FirmwareCommandResult; transient: boolean; /** HTTP status, when there was an answer */ status?: number; /** The API's error code, when the answer had one. */ code?: string };
 
 /** The admin API token (AMI_ADMIN_TOKEN, or a login with --user), once per command; or the command's result when that fails. */
 async function login(base: string, user: string | undefined): Promise<string | undefined | FirmwareCommandResult> {
@@ -483,7 +486,7 @@ async function callGateway(base: string, token: string | undefined, method: 'GET
   }
   const code = typeof json === 'object' && json !== null ? (json as Partial<FirmwareApiError>).code : undefined;
   const transient = reply.status === 503 || code === 'NO_FIRMWARE';
-  return { kind: 'failure', transient, result: errorResult(base, route, reply.status, json) };
+  return { kind: 'failure', transient, status: reply.status, ...(typeof code === 'string' ? { code } : {}), result: errorResult(base, route, reply.status, json) };
 }
 
 function errorResult(base: string, route: string, status: number, json: unknown): FirmwareCommandResult {
