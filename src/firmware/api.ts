@@ -17,7 +17,16 @@
  */
 import { isFirmwareVersion, type FirmwareTarget } from './manifest.js';
 import type { FirmwareImage } from './repository.js';
-import type { MeterRolloutEntry, RolloutSummary } from './rollout-types.js';
+import {
+  MAX_ROLLOUT_CONCURRENCY,
+  MAX_ROLLOUT_ID_CHARS,
+  MAX_ROLLOUT_METERS,
+  meterNameProblem,
+  ROLLOUT_ID_PATTERN,
+  showValue,
+  type MeterRolloutEntry,
+  type RolloutSummary,
+} from './rollout-types.js';
 import { parseGroupSelector as parseRelayGroupSelector, RelayApiRequestError, type RelayGroupSelector } from '../relay/api.js';
 
 export type FirmwareApiErrorCode = 'BAD_REQUEST' | 'EMPTY_TARGET' | 'NO_FIRMWARE' | 'UNKNOWN' | 'NOT_READY';
@@ -99,14 +108,7 @@ export class FirmwareApiRequestError extends Error {
   }
 }
 
-export const MAX_ROLLOUT_METERS = 100_000;
-export const MAX_ROLLOUT_CONCURRENCY = 1024;
-/** The registry's endpoint names are at most 63 characters (RFC 9176 leaves the limit to the directory). */
-export const MAX_METER_NAME_CHARS = 63;
-export const MAX_ROLLOUT_ID_CHARS = 128;
-const ROLLOUT_ID = /^[A-Za-z0-9._:-]{1,128}$/;
-/** C0 and C1 control characters and DEL: they would corrupt tables, logs and the journal's keys. */
-const CONTROL = /\p{Cc}/u;
+export { MAX_METER_NAME_CHARS, MAX_ROLLOUT_CONCURRENCY, MAX_ROLLOUT_ID_CHARS, MAX_ROLLOUT_METERS, meterNameProblem } from './rollout-types.js';
 const REQUEST_FIELDS: readonly string[] = ['comm', 'metro', 'meter', 'meters', 'group', 'concurrency', 'id'];
 const TARGET_FIELDS = ['meter', 'meters', 'group'] as const;
 
@@ -114,36 +116,14 @@ function refuse(fields: string | readonly string[], reason: string): never {
   throw new FirmwareApiRequestError('BAD_REQUEST', typeof fields === 'string' ? [fields] : fields, reason);
 }
 
-/** A value for a message: short, and never the whole of something huge. */
-function show(value: unknown): string {
-  let text: string;
-  try {
-    text = JSON.stringify(value) ?? String(value);
-  } catch {
-    // A BigInt, a cycle, an object without a prototype (no toString): its kind, then.
-    text = Object.prototype.toString.call(value);
-  }
-  // Control characters are escaped by JSON.stringify; the cut keeps messages one short line.
-  return text.length > 80 ? `${text.slice(0, 77)}...` : text;
-}
-
 function isPlainObject(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
-/** Why `name` is not a meter name, or undefined when it is one. */
-export function meterNameProblem(name: unknown): string | undefined {
-  if (typeof name !== 'string') return `must be a meter name (a string), got ${show(name)}`;
-  if (name.length === 0) return 'must be a meter name, not empty';
-  if (name.length > MAX_METER_NAME_CHARS) return `must be at most ${MAX_METER_NAME_CHARS} characters, got ${name.length}`;
-  if (CONTROL.test(name)) return `${show(name)} contains a control character`;
-  return undefined;
-}
-
 /** Validates a rollout id (the :id of GET /ami/firmware/rollouts/:id, or a request's `id`); throws BAD_REQUEST naming `id`. */
 export function parseRolloutId(value: unknown): string {
-  if (typeof value !== 'string' || !ROLLOUT_ID.test(value)) {
-    refuse('id', `must be 1-${MAX_ROLLOUT_ID_CHARS} characters of A-Z a-z 0-9 . _ : -, got ${show(value)}`);
+  if (typeof value !== 'string' || !ROLLOUT_ID_PATTERN.test(value)) {
+    refuse('id', `must be 1-${MAX_ROLLOUT_ID_CHARS} characters of A-Z a-z 0-9 . _ : -, got ${showValue(value)}`);
   }
   return value;
 }
@@ -165,23 +145,23 @@ export function parseGroupSelector(text: string): FirmwareGroupSelector {
 function parseGroup(value: unknown): FirmwareGroupSelector {
   if (typeof value === 'string') return parseGroupSelector(value);
   if (!isPlainObject(value) || typeof value.tag !== 'string' || typeof value.value !== 'string') {
-    refuse('group', `must be {tag, value} or "TAG=VALUE", got ${show(value)}`);
+    refuse('group', `must be {tag, value} or "TAG=VALUE", got ${showValue(value)}`);
   }
   const extra = Object.keys(value).filter((key) => key !== 'tag' && key !== 'value');
-  if (extra.length > 0) refuse('group', `has unknown field ${show(extra[0])}`);
-  if (value.tag.includes('=')) refuse('group', `tag ${show(value.tag)} is not a tag name`);
+  if (extra.length > 0) refuse('group', `has unknown field ${showValue(extra[0])}`);
+  if (value.tag.includes('=')) refuse('group', `tag ${showValue(value.tag)} is not a tag name`);
   return parseGroupSelector(`${value.tag}=${value.value}`);
 }
 
 function parseVersion(body: Record<string, unknown>, target: FirmwareTarget): string | undefined {
   const value = body[target];
   if (value === undefined) return undefined;
-  if (!isFirmwareVersion(value)) refuse(target, `must be a firmware version like 2.1.0 (2-4 dot-separated numbers), got ${show(value)}`);
+  if (!isFirmwareVersion(value)) refuse(target, `must be a firmware version like 2.1.0 (2-4 dot-separated numbers), got ${showValue(value)}`);
   return value;
 }
 
 function parseMeters(value: unknown): string[] {
-  if (!Array.isArray(value)) refuse('meters', `must be a list of meter names, got ${show(value)}`);
+  if (!Array.isArray(value)) refuse('meters', `must be a list of meter names, got ${showValue(value)}`);
   if (value.length === 0) refuse('meters', 'must name at least one meter');
   if (value.length > MAX_ROLLOUT_METERS) refuse('meters', `at most ${MAX_ROLLOUT_METERS} meters in one rollout, got ${value.length}`);
   const meters = new Set<string>();
@@ -202,7 +182,7 @@ function parseMeters(value: unknown): string[] {
  * FirmwareApiRequestError BAD_REQUEST whose message names the field.
  */
 export function parseRolloutRequest(body: unknown): FirmwareApiRolloutRequest {
-  if (!isPlainObject(body)) refuse([], `the body must be a JSON object, got ${Array.isArray(body) ? 'a list' : show(body)}`);
+  if (!isPlainObject(body)) refuse([], `the body must be a JSON object, got ${Array.isArray(body) ? 'a list' : showValue(body)}`);
   const unknown = Object.keys(body).find((key) => !REQUEST_FIELDS.includes(key));
   if (unknown !== undefined) refuse(unknown, `is not a field of a rollout request (${REQUEST_FIELDS.join(', ')})`);
 
@@ -228,7 +208,7 @@ export function parseRolloutRequest(body: unknown): FirmwareApiRolloutRequest {
   if (body.concurrency !== undefined) {
     const value = body.concurrency;
     if (typeof value !== 'number' || !Number.isInteger(value) || value < 1 || value > MAX_ROLLOUT_CONCURRENCY) {
-      refuse('concurrency', `must be a whole number 1-${MAX_ROLLOUT_CONCURRENCY}, got ${show(value)}`);
+      refuse('concurrency', `must be a whole number 1-${MAX_ROLLOUT_CONCURRENCY}, got ${showValue(value)}`);
     }
     request.concurrency = value;
   }

@@ -69,7 +69,6 @@ export {
   FirmwareRolloutError,
   FirmwareRolloutService,
   imagePath,
-  MAX_ROLLOUT_METERS,
   rolloutResultKey,
   type FirmwareRolloutErrorCode,
   type FirmwareRolloutServiceEvents,

@@ -14,7 +14,7 @@
  * image the meter may be fetching and asks it before offering again.
  */
 import { cborDecode, cborEncode } from '../coap/cbor.js';
-import type { QueuedReport, ReportJournal } from '../hes/journal-reporter.js';
+import { JournalReportQueue, withoutUndefined, type QueuedReport, type ReportJournal } from '../hes/journal-reporter.js';
 import { openSublevel, type GatewayDatabase } from '../store/database.js';
 import { GroupCommitter, type BatchOperation } from '../store/group-commit.js';
 import type { MeterRolloutEntry, RolloutRecord } from './rollout-types.js';
@@ -40,13 +40,17 @@ export class RolloutJournal implements ReportJournal<FirmwareReport> {
   private readonly sublevel;
   private readonly committer: GroupCommitter;
   private closed = false;
-  private reportSequence = 0;
+  private readonly queue: JournalReportQueue<FirmwareReport>;
   /** Records that could not be decoded (skipped), since open. */
   unreadable = 0;
 
   constructor(db: GatewayDatabase, options: RolloutJournalOptions = {}) {
     this.sublevel = openSublevel(db, ROLLOUT_SUBLEVEL);
     this.committer = new GroupCommitter(db, { lingerMs: 0, maxOperations: 1000, sync: options.sync ?? true });
+    this.queue = new JournalReportQueue(this.sublevel, this.committer, {
+      undecodable: { key: '', kind: 'result', meter: '', ts: 0, body: {} },
+      decode: (value) => this.decode<FirmwareReport>(value),
+    });
   }
 
   get isClosed(): boolean {
@@ -55,7 +59,7 @@ export class RolloutJournal implements ReportJournal<FirmwareReport> {
 
   /** Writes the rollout and its meters' first entries atomically. */
   putRollout(rollout: RolloutRecord, entries: readonly MeterRolloutEntry[] = []): Promise<void> {
-    const operations: BatchOperation[] = [{ type: 'put', key: rolloutKey(rollout.rolloutId), value: cborEncode(strip(rollout)), sublevel: this.sublevel }];
+    const operations: BatchOperation[] = [{ type: 'put', key: rolloutKey(rollout.rolloutId), value: cborEncode(withoutUndefined(rollout)), sublevel: this.sublevel }];
     for (const entry of entries) operations.push(this.entryOperation(entry));
     return this.committer.write(operations, undefined, true);
   }
@@ -77,7 +81,7 @@ export class RolloutJournal implements ReportJournal<FirmwareReport> {
   /** Writes a meter's entry, and the report of its outcome in the same batch when given; resolves once on disk. */
   put(entry: MeterRolloutEntry, report?: FirmwareReport): Promise<void> {
     const operations = [this.entryOperation(entry)];
-    if (report) operations.push({ type: 'put', key: `u!${this.nextReportSequence()}!${report.key}`, value: cborEncode(strip(report)), sublevel: this.sublevel });
+    if (report) operations.push(this.queue.operation(report));
     return this.committer.write(operations, undefined, true);
   }
 
@@ -97,23 +101,12 @@ export class RolloutJournal implements ReportJournal<FirmwareReport> {
     return out;
   }
 
-  async reports(limit = 100): Promise<QueuedReport<FirmwareReport>[]> {
-    const out: QueuedReport<FirmwareReport>[] = [];
-    for await (const [key, value] of this.sublevel.iterator({ gte: 'u!', lt: 'u"', limit })) {
-      const report = this.decode<FirmwareReport>(value);
-      // An undecodable report can never be delivered: the reporter removes it (key '').
-      out.push({ journalKey: key, report: report ?? { key: '', kind: 'result', meter: '', ts: 0, body: {} } });
-    }
-    return out;
+  reports(limit = 100): Promise<QueuedReport<FirmwareReport>[]> {
+    return this.queue.read(limit);
   }
 
   removeReports(journalKeys: readonly string[]): Promise<void> {
-    if (journalKeys.length === 0) return Promise.resolve();
-    return this.committer.write(
-      journalKeys.map((key) => ({ type: 'del' as const, key, sublevel: this.sublevel })),
-      undefined,
-      true,
-    );
+    return this.queue.remove(journalKeys);
   }
 
   /** Writes what is queued and refuses further writes (the database belongs to the caller). */
@@ -124,14 +117,7 @@ export class RolloutJournal implements ReportJournal<FirmwareReport> {
   }
 
   private entryOperation(entry: MeterRolloutEntry): BatchOperation {
-    return { type: 'put', key: entryKey(entry.rolloutId, entry.meter), value: cborEncode(strip(entry)), sublevel: this.sublevel };
-  }
-
-  /** Sortable and increasing within this process, and after a restart (time-based). */
-  private nextReportSequence(): string {
-    const now = Date.now();
-    this.reportSequence = now > this.reportSequence ? now : this.reportSequence + 1;
-    return this.reportSequence.toString(36).padStart(10, '0');
+    return { type: 'put', key: entryKey(entry.rolloutId, entry.meter), value: cborEncode(withoutUndefined(entry)), sublevel: this.sublevel };
   }
 
   private decode<T>(value: Uint8Array): T | undefined {
@@ -153,9 +139,4 @@ function rolloutKey(rolloutId: string): string {
 /** Rollout ids are [A-Za-z0-9._:-] (no '!'), so the prefix `m!<id>!` is the rollout's alone. */
 function entryKey(rolloutId: string, meter: string): string {
   return `m!${rolloutId}!${meter}`;
-}
-
-/** Drops undefined members (CBOR would keep them as `undefined`). */
-function strip<T extends object>(value: T): T {
-  return JSON.parse(JSON.stringify(value)) as T;
 }

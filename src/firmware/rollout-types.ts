@@ -170,3 +170,38 @@ export class FirmwarePortError extends Error {
     return this.code === 'COMM_TIMEOUT_ERR' || this.code === 'NOT_REGISTERED' || this.code === 'METER_BUSY' || this.code === 'QUEUE_FULL';
   }
 }
+
+// ---------------------------------------------------------------------------
+// The rules a rollout request follows, for the service and the admin API alike.
+
+export const MAX_ROLLOUT_METERS = 100_000;
+export const MAX_ROLLOUT_CONCURRENCY = 1024;
+/** The registry's endpoint names are at most 63 characters (RFC 9176 leaves the limit to the directory). */
+export const MAX_METER_NAME_CHARS = 63;
+export const MAX_ROLLOUT_ID_CHARS = 128;
+/** A rollout id: no '!' (the journal's key separator), nothing a URL path would need to escape. */
+export const ROLLOUT_ID_PATTERN = /^[A-Za-z0-9._:-]{1,128}$/;
+/** C0 and C1 control characters and DEL: they would corrupt tables, logs and the journal's keys. */
+const CONTROL = /\p{Cc}/u;
+
+/** A value for a message: short, and never the whole of something huge. */
+export function showValue(value: unknown): string {
+  let text: string;
+  try {
+    text = JSON.stringify(value) ?? String(value);
+  } catch {
+    // A BigInt, a cycle, an object without a prototype (no toString): its kind, then.
+    text = Object.prototype.toString.call(value);
+  }
+  // Control characters are escaped by JSON.stringify; the cut keeps messages one short line.
+  return text.length > 80 ? `${text.slice(0, 77)}...` : text;
+}
+
+/** Why `name` is not a meter name, or undefined when it is one. */
+export function meterNameProblem(name: unknown): string | undefined {
+  if (typeof name !== 'string') return `must be a meter name (a string), got ${showValue(name)}`;
+  if (name.length === 0) return 'must be a meter name, not empty';
+  if (name.length > MAX_METER_NAME_CHARS) return `must be at most ${MAX_METER_NAME_CHARS} characters, got ${name.length}`;
+  if (CONTROL.test(name)) return `${showValue(name)} contains a control character`;
+  return undefined;
+}

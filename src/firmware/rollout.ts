@@ -42,6 +42,10 @@ import type { FirmwareReport, RolloutJournal } from './rollout-journal.js';
 import {
   FIRMWARE_FINAL_CODES,
   FirmwarePortError,
+  MAX_ROLLOUT_CONCURRENCY,
+  MAX_ROLLOUT_METERS,
+  meterNameProblem,
+  ROLLOUT_ID_PATTERN,
   type FirmwareFinalCode,
   type FirmwareMeterPort,
   type FirmwareOffer,
@@ -105,8 +109,6 @@ export class FirmwareRolloutError extends Error {
   }
 }
 
-export const MAX_ROLLOUT_METERS = 100_000;
-const ROLLOUT_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 /** Progress is journaled at most at these steps of the download, not at every read. */
 const PROGRESS_JOURNAL_STEP = 0.25;
 
@@ -115,7 +117,7 @@ export function rolloutResultKey(rolloutId: string, meter: string): string {
   return `firmware-result:${rolloutId}:${meter}`;
 }
 
-/** The meter's firmware pair as read, or the reason it cannot be used. */
+/** The meter's firmware pair as read. */
 function pairOf(state: MeterFirmwareReport): FirmwarePair {
   return { comm: state.comm, metro: state.metro };
 }
@@ -175,12 +177,12 @@ export class FirmwareRolloutService extends EventEmitter<FirmwareRolloutServiceE
   async start(request: RolloutRequest): Promise<RolloutSummary> {
     if (this.closed) throw new FirmwareRolloutError('CLOSED', 'the firmware rollout service is closed');
     const rolloutId = request.rolloutId ?? randomUUID();
-    if (!ROLLOUT_ID.test(rolloutId)) throw new FirmwareRolloutError('BAD_REQUEST', `rollout id ${JSON.stringify(rolloutId)}: 1 to 128 of A-Z a-z 0-9 . _ : -`);
+    if (!ROLLOUT_ID_PATTERN.test(rolloutId)) throw new FirmwareRolloutError('BAD_REQUEST', `rollout id ${JSON.stringify(rolloutId)}: 1 to 128 of A-Z a-z 0-9 . _ : -`);
     const want = checkWanted(request.want);
     const meters = checkMeters(request.meters);
     const concurrency = request.concurrency ?? this.defaultConcurrency;
-    if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > 1024) {
-      throw new FirmwareRolloutError('BAD_REQUEST', `concurrency ${String(concurrency)}: a whole number from 1 to 1024`);
+    if (!Number.isInteger(concurrency) || concurrency < 1 || concurrency > MAX_ROLLOUT_CONCURRENCY) {
+      throw new FirmwareRolloutError('BAD_REQUEST', `concurrency ${String(concurrency)}: a whole number from 1 to ${MAX_ROLLOUT_CONCURRENCY}`);
     }
     // Two requests with one id at once: the second waits for the first, then finds it known.
     const starting = this.starting.get(rolloutId);
@@ -528,6 +530,8 @@ export class FirmwareRolloutService extends EventEmitter<FirmwareRolloutServiceE
       const wake = (): void => {
         clearTimeout(timer);
         set.delete(wake);
+        // No empty set left behind per meter polled.
+        if (set.size === 0 && this.wakers.get(meter) === set) this.wakers.delete(meter);
         if (this.closed) reject(new Stopped());
         else resolve();
       };
@@ -579,10 +583,8 @@ function checkMeters(meters: readonly string[]): string[] {
   const unique = [...new Set(meters)];
   if (unique.length > MAX_ROLLOUT_METERS) throw new FirmwareRolloutError('BAD_REQUEST', `${unique.length} meters: at most ${MAX_ROLLOUT_METERS} per rollout`);
   for (const meter of unique) {
-    // eslint-disable-next-line no-control-regex -- control characters are what is refused
-    if (typeof meter !== 'string' || meter === '' || meter.length > 63 || /[\u0000-\u001f\u007f]/.test(meter)) {
-      throw new FirmwareRolloutError('BAD_REQUEST', `meter ${JSON.stringify(meter)}: a name of 1 to 63 printable characters`);
-    }
+    const problem = meterNameProblem(meter);
+    if (problem !== undefined) throw new FirmwareRolloutError('BAD_REQUEST', `meter ${problem}`);
   }
   return unique;
 }

@@ -11,6 +11,10 @@
  * there, it pushes back; HES endpoint not deployed) the reporter waits and
  * tries again, from 1 s doubling to 60 s, or at once when kicked.
  */
+import { cborEncode } from '../coap/cbor.js';
+import type { GatewaySublevel } from '../store/database.js';
+import type { BatchOperation, GroupCommitter } from '../store/group-commit.js';
+
 /** A report waiting in a journal; `key` is the HES record's idempotency key ('' for one that could not be decoded). */
 export interface QueuedReport<R extends { key: string }> {
   journalKey: string;
@@ -182,4 +186,60 @@ export class JournalReporter<R extends { key: string }> {
       this.wake = finish;
     });
   }
+}
+
+/**
+ * The reports part of a service's journal, stored in its LevelDB sublevel
+ * under `u!<sequence>!<key>`: written in the same batch as what they report
+ * (`operation()`), read oldest first, removed once delivered. The relay
+ * journal and the firmware rollout journal keep theirs this way.
+ */
+export class JournalReportQueue<R extends { key: string }> {
+  private sequence = 0;
+
+  constructor(
+    private readonly sublevel: GatewaySublevel,
+    private readonly committer: GroupCommitter,
+    private readonly options: {
+      /** The report of a value that cannot be decoded: key '' (the reporter removes it undelivered). */
+      undecodable: R;
+      /** Decodes a stored value; undefined when it is not a report. */
+      decode: (value: Uint8Array) => R | undefined;
+    },
+  ) {}
+
+  /** The write that queues `report`, for the batch of what it reports. */
+  operation(report: R): BatchOperation {
+    return { type: 'put', key: `u!${this.nextSequence()}!${report.key}`, value: cborEncode(withoutUndefined(report)), sublevel: this.sublevel };
+  }
+
+  async read(limit = 100): Promise<QueuedReport<R>[]> {
+    const out: QueuedReport<R>[] = [];
+    for await (const [key, value] of this.sublevel.iterator({ gte: 'u!', lt: 'u"', limit })) {
+      out.push({ journalKey: key, report: this.options.decode(value) ?? this.options.undecodable });
+    }
+    return out;
+  }
+
+  /** Removes delivered reports (synced). */
+  remove(journalKeys: readonly string[]): Promise<void> {
+    if (journalKeys.length === 0) return Promise.resolve();
+    return this.committer.write(
+      journalKeys.map((key) => ({ type: 'del' as const, key, sublevel: this.sublevel })),
+      undefined,
+      true,
+    );
+  }
+
+  /** Sortable and increasing within this process, and after a restart (time-based). */
+  private nextSequence(): string {
+    const now = Date.now();
+    this.sequence = now > this.sequence ? now : this.sequence + 1;
+    return this.sequence.toString(36).padStart(10, '0');
+  }
+}
+
+/** Drops undefined members (CBOR would keep them as `undefined`). */
+export function withoutUndefined<T extends object>(value: T): T {
+  return JSON.parse(JSON.stringify(value)) as T;
 }

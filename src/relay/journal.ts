@@ -25,6 +25,7 @@
 import { cborDecode, cborEncode } from '../coap/cbor.js';
 import { openSublevel, type GatewayDatabase } from '../store/database.js';
 import { GroupCommitter, type BatchOperation } from '../store/group-commit.js';
+import { JournalReportQueue, withoutUndefined, type QueuedReport } from '../hes/journal-reporter.js';
 import type { ControlState, RelayAlarm, RelayAlarmCode, RelayCommand, RelayReport, RelayResult } from './types.js';
 
 export const RELAY_SUBLEVEL = 'relay-ops';
@@ -91,10 +92,7 @@ export interface RelayJournalExtras {
 }
 
 /** A report waiting in the journal, with the journal key that removes it once delivered. */
-export interface QueuedRelayReport {
-  journalKey: string;
-  report: RelayReport;
-}
+export type QueuedRelayReport = QueuedReport<RelayReport>;
 
 export interface RelayJournalOptions {
   /** fsync each batch (default true; tests on tmpfs may turn it off). */
@@ -107,11 +105,15 @@ export class RelayJournal {
   private closed = false;
   /** Entries that could not be decoded (skipped), since open. */
   unreadable = 0;
-  private reportSequence = 0;
+  private readonly queue: JournalReportQueue<RelayReport>;
 
   private constructor(db: GatewayDatabase, options: RelayJournalOptions) {
     this.sublevel = openSublevel(db, RELAY_SUBLEVEL);
     this.committer = new GroupCommitter(db, { lingerMs: 0, maxOperations: 1000, sync: options.sync ?? true });
+    this.queue = new JournalReportQueue(this.sublevel, this.committer, {
+      undecodable: { key: '', kind: 'event', meter: '', ts: 0, body: {} },
+      decode: (value) => this.decode<RelayReport>(value),
+    });
   }
 
   static async open(db: GatewayDatabase, options: RelayJournalOptions = {}): Promise<RelayJournal> {
@@ -132,7 +134,7 @@ export class RelayJournal {
    * reports for the HES, when given) atomically; resolves once on disk.
    */
   put(entry: RelayJournalEntry, wear?: { meter: string; times: readonly number[] }, extras?: RelayJournalExtras): Promise<void> {
-    const operations: BatchOperation[] = [{ type: 'put', key: `c!${entry.command.id}`, value: cborEncode(strip(entry)), sublevel: this.sublevel }];
+    const operations: BatchOperation[] = [{ type: 'put', key: `c!${entry.command.id}`, value: cborEncode(withoutUndefined(entry)), sublevel: this.sublevel }];
     if (wear) operations.push({ type: 'put', key: `w!${wear.meter}`, value: cborEncode([...wear.times]), sublevel: this.sublevel });
     if (extras) operations.push(...this.extraOperations(extras));
     return this.committer.write(operations, undefined, true);
@@ -162,44 +164,25 @@ export class RelayJournal {
   }
 
   /** Reports not yet handed to the outbox, oldest first. */
-  async reports(limit = 100): Promise<QueuedRelayReport[]> {
-    const out: QueuedRelayReport[] = [];
-    for await (const [key, value] of this.sublevel.iterator({ gte: 'u!', lt: 'u"', limit })) {
-      const report = this.decode<RelayReport>(value);
-      if (report !== undefined) out.push({ journalKey: key, report });
-      // An undecodable report can never be delivered: it is counted (unreadable) and removed with the next batch.
-      else out.push({ journalKey: key, report: { key: '', kind: 'event', meter: '', ts: 0, body: {} } });
-    }
-    return out;
+  reports(limit = 100): Promise<QueuedRelayReport[]> {
+    return this.queue.read(limit);
   }
 
   /** Removes delivered reports (synced). */
   removeReports(journalKeys: readonly string[]): Promise<void> {
-    if (journalKeys.length === 0) return Promise.resolve();
-    return this.committer.write(
-      journalKeys.map((key) => ({ type: 'del' as const, key, sublevel: this.sublevel })),
-      undefined,
-      true,
-    );
+    return this.queue.remove(journalKeys);
   }
 
   private extraOperations(extras: RelayJournalExtras): BatchOperation[] {
     const operations: BatchOperation[] = [];
     for (const alarm of extras.raise ?? []) {
-      operations.push({ type: 'put', key: alarmKey(alarm.meter, alarm.code), value: cborEncode(strip(alarm)), sublevel: this.sublevel });
+      operations.push({ type: 'put', key: alarmKey(alarm.meter, alarm.code), value: cborEncode(withoutUndefined(alarm)), sublevel: this.sublevel });
     }
     for (const { meter, code } of extras.clear ?? []) operations.push({ type: 'del', key: alarmKey(meter, code), sublevel: this.sublevel });
     for (const report of extras.reports ?? []) {
-      operations.push({ type: 'put', key: `u!${this.nextReportSequence()}!${report.key}`, value: cborEncode(strip(report)), sublevel: this.sublevel });
+      operations.push(this.queue.operation(report));
     }
     return operations;
-  }
-
-  /** Sortable and increasing within this process, and after a restart (time-based). */
-  private nextReportSequence(): string {
-    const now = Date.now();
-    this.reportSequence = now > this.reportSequence ? now : this.reportSequence + 1;
-    return this.reportSequence.toString(36).padStart(10, '0');
   }
 
   async wear(meter: string): Promise<number[]> {
@@ -289,9 +272,4 @@ export class RelayJournal {
 
 function alarmKey(meter: string, code: RelayAlarmCode): string {
   return `a!${meter}\u0000${code}`;
-}
-
-/** Drops undefined members (CBOR would keep them as `undefined`). */
-function strip<T extends object>(value: T): T {
-  return JSON.parse(JSON.stringify(value)) as T;
 }

@@ -103,6 +103,19 @@ function within<T>(promise: Promise<T>, what: string, ms = 8000): Promise<T> {
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
+/** Resolves once the meter is in its base state and `also` holds: now, or at its next return to it (its 'state' event). */
+function backInBaseState(m: SimulatedC1218Meter, also: () => boolean): Promise<void> {
+  return new Promise((resolve) => {
+    const check = (): void => {
+      if (m.state !== 'base' || !also()) return;
+      m.off('state', check);
+      resolve();
+    };
+    m.on('state', check);
+    check();
+  });
+}
+
 describe.skipIf(problem !== undefined)(`optical read node over a pty pair${problem ? ` (SKIPPED: ${problem})` : ''}`, () => {
   let pty: PtyPair;
   let meter: SimulatedC1218Meter | undefined;
@@ -334,9 +347,7 @@ describe.skipIf(problem !== undefined)(`optical read node over a pty pair${probl
     expect(Date.now() - started).toBeLessThan(2500);
     // The session under way ended with terminate rather than the port vanishing under the meter.
     await within(
-      (async () => {
-        while (m.state !== 'base') await new Promise((resolve) => setTimeout(resolve, 20));
-      })(),
+      backInBaseState(m, () => true),
       'the meter to return to its base state',
       3000,
     );
@@ -359,9 +370,7 @@ describe.skipIf(problem !== undefined)(`optical read node over a pty pair${probl
     expect(st1.optical).toMatchObject({ baudRate: 19200, negotiated: { baudRate: 19200 } });
     expect((st1.payload as { manufacturer: string }).manufacturer).toBe('AMIG');
     await within(
-      (async () => {
-        while (m.state !== 'base' || m.baudRate !== 9600) await new Promise((resolve) => setTimeout(resolve, 20));
-      })(),
+      backInBaseState(m, () => m.baudRate === 9600),
       'the meter back at 9600 baud',
       3000,
     );

@@ -54,7 +54,6 @@ interface ScriptedMeter {
 
 class ScriptedMeters implements FirmwareMeterPort {
   readonly meters = new Map<string, ScriptedMeter>();
-  reads = 0;
   /** Resolves the first time any meter reports this many bytes received. */
   private progressWaiters: { bytes: number; resolve: () => void }[] = [];
 
@@ -87,7 +86,6 @@ class ScriptedMeters implements FirmwareMeterPort {
   async readState(name: string, signal: AbortSignal): Promise<MeterFirmwareReport> {
     signal.throwIfAborted();
     const m = this.meter(name);
-    this.reads += 1;
     // The meter works between two reads.
     if (m.state === 'downloading') {
       m.received = Math.min(m.size, m.received + m.rate);
