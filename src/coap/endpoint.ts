@@ -257,6 +257,8 @@ export class MeshEndpoint extends EventEmitter<MeshEndpointEvents> {
           this.malformed += 1;
           this.emit('malformed', peer, 'UNPROCESSABLE');
         },
+        // screen() answers every copy from the deduplicator before the library sees it.
+        copiesAnsweredInFront: true,
       },
     );
     // The library would reassemble Block1 bodies by token, which fails for clients that change the

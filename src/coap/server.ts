@@ -12,12 +12,23 @@ import type { CoapServerOptions, Server } from 'coap';
 export function createCoapServer(
   bind: string,
   options: Omit<CoapServerOptions, 'type' | 'reuseAddr'> = {},
-  hooks: { onRequestFailure?: (peer: { address: string; port: number }) => void } = {},
+  hooks: CoapServerHooks = {},
 ): Server {
   const server = coap.createServer({ ...options, type: isIPv4(bind) ? 'udp4' : 'udp6', reuseAddr: false });
   answerErrorsToSender(server, hooks.onRequestFailure);
-  releaseAnsweredExchanges(server);
+  releaseAnsweredExchanges(server, hooks.copiesAnsweredInFront === true);
   return server;
+}
+
+export interface CoapServerHooks {
+  /** Hears of each request the library failed on (see answerErrorsToSender). */
+  onRequestFailure?: (peer: { address: string; port: number }) => void;
+  /**
+   * The caller answers copies of requests itself, before the library sees
+   * them (MessageDeduplicator): the library then keeps no answer it will not
+   * retransmit. Without this, its cache is what answers a retransmitted request.
+   */
+  copiesAnsweredInFront?: boolean;
 }
 
 /** What the library hangs on a cached answer: the sender that transmitted it. */
@@ -28,18 +39,24 @@ interface CachedAnswerSender {
 }
 
 /**
- * The library keeps each answer in its LRU (so a retransmitted request is
- * answered again) together with the sender object that transmitted it. For
- * an answer that is never retransmitted (a piggybacked ACK, a reset, a
- * non-confirmable response) that sender still arms a 202 s timer whose only
- * effect is an event nobody listens to, and its listeners hold the whole
- * request and response: about 7 KiB per exchange, 90 MB after a reconnect
- * storm of 10,000 meters. Once such an answer is sent, the timer and the
- * listeners go; the answer's bytes stay cached for duplicates. Confirmable
- * separate responses keep theirs: the sender retransmits them.
+ * The library keeps each answer in its LRU for the exchange lifetime (so a
+ * retransmitted request is answered again) together with the sender object
+ * that transmitted it. For an answer that is never retransmitted (a
+ * piggybacked ACK, a reset, a non-confirmable response) that sender still
+ * arms a 202 s timer whose only effect is an event nobody listens to, and
+ * its listeners hold the whole request and response: about 7 KiB per
+ * exchange, 90 MB after a reconnect storm of 10,000 meters.
+ *
+ * Once such an answer is sent, its timer and listeners go. Where copies are
+ * answered in front of the library (`dropAnswers`), the whole entry goes:
+ * even stripped, the sender, its emptied listener table, its timer object and
+ * the answer's buffer are some 700 bytes an exchange that only the library's
+ * own duplicate handling would read. Confirmable separate responses keep
+ * theirs either way: the sender retransmits them until the ACK, which the
+ * library finds through this entry.
  */
-function releaseAnsweredExchanges(server: Server): void {
-  const cache = server._lru as unknown as { set(key: string, value: unknown): unknown };
+function releaseAnsweredExchanges(server: Server, dropAnswers: boolean): void {
+  const cache = server._lru as unknown as { set(key: string, value: unknown): unknown; delete(key: string): unknown };
   const set = cache.set.bind(cache);
   cache.set = (key, value) => {
     const result = set(key, value);
@@ -47,6 +64,11 @@ function releaseAnsweredExchanges(server: Server): void {
     queueMicrotask(() => {
       const sender = (value as { sender?: CachedAnswerSender }).sender;
       if (!sender || sender._bOffTimer !== undefined) return;
+      if (dropAnswers) {
+        // The cache's dispose resets the sender (both timers).
+        cache.delete(key);
+        return;
+      }
       clearTimeout(sender._timer);
       sender.removeAllListeners();
     });
