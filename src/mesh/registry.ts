@@ -6,6 +6,7 @@ import { openSublevel, type GatewayDatabase, type GatewaySublevel } from '../sto
 import { writeBatch, type BatchOperation } from '../store/group-commit.js';
 import { canonicalSourceAddress } from '../coap/address.js';
 import { MAX_LINKS, type Link, type LinkAttributeValue } from './linkformat.js';
+import { IdsByKey, SharedValues } from './shared-values.js';
 
 /**
  * The meter registry behind the gateway's CoAP resource directory (RFC 9176).
@@ -483,6 +484,9 @@ function decodeMeter(key: string, bytes: Uint8Array): RegisteredMeter | undefine
   }
 }
 
+/** Shared by every registration without links. */
+const NO_LINKS = Object.freeze([]) as unknown as Link[];
+
 function freezeMeter(meter: RegisteredMeter): RegisteredMeter {
   Object.freeze(meter.metrics);
   Object.freeze(meter.firmware);
@@ -567,13 +571,17 @@ export class MeterRegistry extends EventEmitter<MeterRegistryEvents> {
   /** identityOf(ep, d) -> id */
   private readonly byIdentity = new Map<string, string>();
   /** endpoint name -> ids (in any sector) */
-  private readonly byName = new Map<string, Set<string>>();
+  private readonly byName = new IdsByKey();
   /**
    * canonical source IP -> ids registered from it. By IP alone: a meter's
    * requests may come from another port than its registration, and its
    * `base` may name yet another one.
    */
-  private readonly byAddress = new Map<string, Set<string>>();
+  private readonly byAddress = new IdsByKey();
+  /** Equal links, tags and firmware versions are kept once for all the meters that have them. */
+  private readonly sharedLinks = new SharedValues<Link[]>();
+  private readonly sharedTags = new SharedValues<Readonly<Record<string, string>>>();
+  private readonly sharedFirmware = new SharedValues<Readonly<MeterFirmware>>();
   private readonly heap = new ExpiryHeap();
   private timer: NodeJS.Timeout | undefined;
   private armedAt: number | undefined;
@@ -622,7 +630,8 @@ export class MeterRegistry extends EventEmitter<MeterRegistryEvents> {
     const now = this.now();
     const expired: RegisteredMeter[] = [];
     for (const [key, value] of entries) {
-      const meter = decodeMeter(key, value);
+      const decoded = decodeMeter(key, value);
+      const meter = decoded && this.withSharedValues(decoded);
       if (!meter) {
         this.corruptOnLoad += 1;
         void this.persist(key, null).catch(() => undefined);
@@ -666,10 +675,8 @@ export class MeterRegistry extends EventEmitter<MeterRegistryEvents> {
     const id = this.byIdentity.get(identityOf(name, sector));
     if (id !== undefined) return this.meters.get(id);
     if (sector !== undefined) return undefined;
-    const ids = this.byName.get(name);
-    if (!ids) return undefined;
-    for (const other of ids) return this.meters.get(other);
-    return undefined;
+    const first = this.byName.get(name)[0];
+    return first === undefined ? undefined : this.meters.get(first);
   }
 
   list(): RegisteredMeter[] {
@@ -683,9 +690,9 @@ export class MeterRegistry extends EventEmitter<MeterRegistryEvents> {
 
   /** The registrations that came from the IP `address` (any port). */
   atAddress(address: string): RegisteredMeter[] {
-    const ids = this.byAddress.get(canonicalSourceAddress(address));
-    if (!ids) return [];
-    return [...ids].map((id) => this.meters.get(id)).filter((meter): meter is RegisteredMeter => meter !== undefined);
+    return this.byAddress
+      .get(canonicalSourceAddress(address))
+      .map((id) => this.meters.get(id)).filter((meter): meter is RegisteredMeter => meter !== undefined);
   }
 
   /**
@@ -719,10 +726,10 @@ export class MeterRegistry extends EventEmitter<MeterRegistryEvents> {
     const lifetimeSeconds = input.lifetimeSeconds === undefined ? this.defaultLifetime : checkLifetime(input.lifetimeSeconds);
     const address = checkAddress(input.address);
     const base = input.base === undefined ? undefined : checkBase(input.base);
-    const resources = checkLinks(input.links);
+    const resources = this.shareLinks(checkLinks(input.links));
     const metrics = input.metrics === undefined ? undefined : checkMetrics(input.metrics);
-    const firmware = input.firmware === undefined ? {} : checkFirmware(input.firmware);
-    const tags = input.tags === undefined ? checkTags({}) : checkTags(input.tags);
+    const firmware = this.shareFirmware(input.firmware === undefined ? {} : checkFirmware(input.firmware));
+    const tags = this.shareTags(input.tags === undefined ? checkTags({}) : checkTags(input.tags));
 
     const identity = identityOf(endpoint, sector);
     const existingId = this.byIdentity.get(identity);
@@ -770,9 +777,9 @@ export class MeterRegistry extends EventEmitter<MeterRegistryEvents> {
     const lifetimeSeconds = changes.lifetimeSeconds === undefined ? old.lifetimeSeconds : checkLifetime(changes.lifetimeSeconds);
     const address = changes.address === undefined ? old.address : checkAddress(changes.address);
     const base = changes.base === null ? undefined : changes.base === undefined ? old.base : checkBase(changes.base);
-    const resources = changes.links === undefined ? old.resources : checkLinks(changes.links);
+    const resources = changes.links === undefined ? old.resources : this.shareLinks(checkLinks(changes.links));
     const metrics = changes.metrics === undefined ? undefined : checkMetrics(changes.metrics);
-    const firmware = changes.firmware === undefined ? old.firmware : { ...old.firmware, ...checkFirmware(changes.firmware) };
+    const firmware = changes.firmware === undefined ? old.firmware : this.shareFirmware({ ...old.firmware, ...checkFirmware(changes.firmware) });
     const now = this.now();
     const { base: _oldBase, ...rest } = old;
     const meter = freezeMeter({
@@ -868,13 +875,8 @@ export class MeterRegistry extends EventEmitter<MeterRegistryEvents> {
   private remember(meter: RegisteredMeter): void {
     this.meters.set(meter.id, meter);
     this.byIdentity.set(identityOf(meter.endpoint, meter.sector), meter.id);
-    let ids = this.byName.get(meter.endpoint);
-    if (!ids) this.byName.set(meter.endpoint, (ids = new Set()));
-    ids.add(meter.id);
-    const ip = canonicalSourceAddress(meter.address.address);
-    let atAddress = this.byAddress.get(ip);
-    if (!atAddress) this.byAddress.set(ip, (atAddress = new Set()));
-    atAddress.add(meter.id);
+    this.byName.add(meter.endpoint, meter.id);
+    this.byAddress.add(canonicalSourceAddress(meter.address.address), meter.id);
     this.heap.push({ at: meter.expiresAt, id: meter.id });
   }
 
@@ -883,17 +885,32 @@ export class MeterRegistry extends EventEmitter<MeterRegistryEvents> {
     this.meters.delete(meter.id);
     const identity = identityOf(meter.endpoint, meter.sector);
     if (this.byIdentity.get(identity) === meter.id) this.byIdentity.delete(identity);
-    const ids = this.byName.get(meter.endpoint);
-    if (ids) {
-      ids.delete(meter.id);
-      if (ids.size === 0) this.byName.delete(meter.endpoint);
-    }
-    const ip = canonicalSourceAddress(meter.address.address);
-    const atAddress = this.byAddress.get(ip);
-    if (atAddress) {
-      atAddress.delete(meter.id);
-      if (atAddress.size === 0) this.byAddress.delete(ip);
-    }
+    this.byName.delete(meter.endpoint, meter.id);
+    this.byAddress.delete(canonicalSourceAddress(meter.address.address), meter.id);
+  }
+
+  // Keys are the values' JSON: links, tags and firmware are checked (strings, true, string arrays), frozen
+  // and in the order they came, so equal JSON is an equal value.
+  private shareLinks(links: Link[]): Link[] {
+    return links.length === 0 ? NO_LINKS : this.sharedLinks.share(JSON.stringify(links), links);
+  }
+
+  private shareTags(tags: Readonly<Record<string, string>>): Readonly<Record<string, string>> {
+    return this.sharedTags.share(JSON.stringify(tags), Object.freeze(tags));
+  }
+
+  private shareFirmware(firmware: Readonly<MeterFirmware>): Readonly<MeterFirmware> {
+    return this.sharedFirmware.share(JSON.stringify(firmware), Object.freeze(firmware));
+  }
+
+  /** A loaded registration with the shared instances of its links, tags and firmware versions. */
+  private withSharedValues(meter: RegisteredMeter): RegisteredMeter {
+    return freezeMeter({
+      ...meter,
+      resources: this.shareLinks(meter.resources),
+      tags: this.shareTags(meter.tags),
+      firmware: this.shareFirmware(meter.firmware),
+    });
   }
 
   /** Arms the one timer for the earliest live expiry. */

@@ -113,7 +113,8 @@ async function serveAppliance() {
   const dataDir = mkdtempSync(path.join(os.tmpdir(), 'ami-bench-rd-appliance-'));
   const meshPort = 26683 + Math.floor(Math.random() * 1000);
   const httpPort = 22880 + Math.floor(Math.random() * 1000);
-  const gateway = spawn(process.execPath, [path.join(root, 'bin/ami-gateway.js'), 'start'], {
+  const nodeFlags = (process.env.BENCH_APPLIANCE_NODE_FLAGS ?? '').split(' ').filter(Boolean);
+  const gateway = spawn(process.execPath, [...nodeFlags, path.join(root, 'bin/ami-gateway.js'), 'start'], {
     env: { ...process.env, AMI_DATA_DIR: dataDir, AMI_MESH_PORT: String(meshPort), AMI_HTTP_PORT: String(httpPort), AMI_SIM_METERS: '0', AMI_LOG_LEVEL: 'warn' },
     stdio: ['ignore', 'ignore', 'inherit'],
   });
