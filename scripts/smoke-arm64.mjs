@@ -27,6 +27,7 @@
 //   AMI_SMOKE_TIMEOUT   seconds to wait for the first delivered reading (default 180)
 //   AMI_SMOKE_VERBOSE=1 stream the appliance's output as it runs
 import { spawn } from 'node:child_process';
+import { createRequire } from 'node:module';
 import dgram from 'node:dgram';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
@@ -377,7 +378,9 @@ async function runAppliance(node) {
     if (verbose) stream.write(chunk);
   };
   const spawnedAt = Date.now();
-  const child = spawn(...emulated([node, path.join(root, 'bin', 'ami-gateway.js'), 'start']), {
+  // With the heap settings npm start and the systemd unit give node.
+  const { APPLIANCE_NODE_FLAGS } = createRequire(import.meta.url)(path.join(root, 'dist', 'src', 'appliance', 'node-flags.js'));
+  const child = spawn(...emulated([node, ...APPLIANCE_NODE_FLAGS, path.join(root, 'bin', 'ami-gateway.js'), 'start']), {
     cwd: root,
     env,
     stdio: ['ignore', 'pipe', 'pipe'],

@@ -3,6 +3,7 @@ import { isIP } from 'node:net';
 import path from 'node:path';
 import { ConfigError, loadConfig, parseInteger } from './config.js';
 import { packageVersion } from './package-info.js';
+import { missingApplianceNodeFlags } from './node-flags.js';
 import type { HealthSnapshot } from './health.js';
 import { parseCoapUrl } from '../coap/url.js';
 
@@ -182,6 +183,14 @@ async function start(): Promise<void> {
   const config = loadConfig();
   const { startAppliance } = await import('./runtime.js');
   const appliance = await startAppliance(config);
+  const missingFlags = missingApplianceNodeFlags();
+  if (missingFlags.length > 0) {
+    appliance.log.write(
+      'info',
+      'appliance',
+      `node runs without the appliance's heap settings ${missingFlags.join(' ')}: a reconnect storm then takes more memory. npm start and deploy/ami-gateway.service pass them`,
+    );
+  }
   // As Node-RED's own launcher does: a fault nobody caught leaves the process
   // in an unknown state, so log it and exit non-zero; systemd restarts the gateway.
   const fatal = (kind: string) => (err: unknown) => {

@@ -56,7 +56,7 @@ interface CachedAnswerSender {
  * library finds through this entry.
  */
 function releaseAnsweredExchanges(server: Server, dropAnswers: boolean): void {
-  const cache = server._lru as unknown as { set(key: string, value: unknown): unknown; delete(key: string): unknown };
+  const cache = server._lru as unknown as { set(key: string, value: unknown): unknown; peek(key: string): unknown; delete(key: string): unknown };
   const set = cache.set.bind(cache);
   cache.set = (key, value) => {
     const result = set(key, value);
@@ -65,8 +65,9 @@ function releaseAnsweredExchanges(server: Server, dropAnswers: boolean): void {
       const sender = (value as { sender?: CachedAnswerSender }).sender;
       if (!sender || sender._bOffTimer !== undefined) return;
       if (dropAnswers) {
-        // The cache's dispose resets the sender (both timers).
-        cache.delete(key);
+        // Only this answer: another sent in the same turn may have taken its key. The cache's dispose
+        // resets the sender (both timers).
+        if (cache.peek(key) === value) cache.delete(key);
         return;
       }
       clearTimeout(sender._timer);

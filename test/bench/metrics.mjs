@@ -25,3 +25,11 @@ export function resetPeakRss() {
     // not allowed here: the peak counts from the start of the process
   }
 }
+
+/** CPU time (user + system) a process has used so far, in seconds, from /proc (USER_HZ is 100 on Linux). Linux only. */
+export function procCpuSeconds(pid = process.pid) {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  // The command name (field 2) may hold spaces: count from its closing parenthesis.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}

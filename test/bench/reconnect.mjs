@@ -8,7 +8,9 @@
 //             admission control (at most 128 registrations being written at once,
 //             5.03 + Max-Age beyond that)
 //   appliance `ami-gateway start` (Node-RED, the default flow, its store) with its
-//             directory as deployed (Max-Age 20-40 s)
+//             directory as deployed (Max-Age 20-40 s), started as npm start and the
+//             systemd unit start it (with the heap settings of src/appliance/node-flags.ts)
+//   v8-heap   the same appliance on V8's default heap settings: what those settings buy
 // The server under test runs in a child process of its own (its peak RSS is the
 // kernel's, VmHWM, so the figure is the server's alone), the meters in another (MeterFleet
 // from dist/, one UDP socket per meter, serve: false, no readings). A meter's
@@ -23,7 +25,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
-import { percentile, procMemory, resetPeakRss } from './metrics.mjs';
+import { percentile, procCpuSeconds, procMemory, resetPeakRss } from './metrics.mjs';
 
 const require = createRequire(import.meta.url);
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -39,6 +41,12 @@ const MAX_METERS = 20_000;
 const DEADLINE_MS = Number(process.env.BENCH_DEADLINE_SECONDS ?? 600) * 1000;
 
 const [mode, variant, portArg] = process.argv.slice(2);
+
+/** What npm start and the systemd unit give node; BENCH_APPLIANCE_NODE_FLAGS (space-separated) tries others. */
+function applianceNodeFlags() {
+  const override = process.env.BENCH_APPLIANCE_NODE_FLAGS;
+  return override === undefined ? [...dist('appliance/node-flags.js').APPLIANCE_NODE_FLAGS] : override.split(' ').filter(Boolean);
+}
 
 async function serveGateway() {
   const { acquireDatabase } = dist('store/database.js');
@@ -56,9 +64,11 @@ async function serveGateway() {
   // From here on the kernel keeps the peak (VmHWM): nothing to sample.
   resetPeakRss();
   const idleRss = process.memoryUsage().rss;
+  const cpuAtIdle = procCpuSeconds();
   process.send({ port: endpoint.port, receiveBufferBytes: endpoint.receiveBufferBytes, idleRss });
   process.once('message', async () => {
     const rssPeakBytes = procMemory().peak;
+    const cpuSeconds = procCpuSeconds() - cpuAtIdle;
     const inMemory = registry.size;
     await endpoint.stop();
     // What survives: close the registry (its last batch written) and load it again from LevelDB.
@@ -68,7 +78,7 @@ async function serveGateway() {
     await registry.close();
     await lease.release();
     rmSync(dir, { recursive: true, force: true });
-    process.send({ rssPeakBytes, inMemory, stored, deferred: directory.counters.deferred, refused: directory.counters.refused }, () => process.exit(0));
+    process.send({ rssPeakBytes, cpuSeconds, inMemory, stored, deferred: directory.counters.deferred, refused: directory.counters.refused }, () => process.exit(0));
   });
 }
 
@@ -95,11 +105,13 @@ async function serveBaseline() {
   // From here on the kernel keeps the peak (VmHWM): nothing to sample.
   resetPeakRss();
   const idleRss = process.memoryUsage().rss;
+  const cpuAtIdle = procCpuSeconds();
   process.send({ port: server._sock.address().port, receiveBufferBytes, idleRss });
   process.once('message', () => {
     const rssPeakBytes = procMemory().peak;
+    const cpuSeconds = procCpuSeconds() - cpuAtIdle;
     server.close();
-    process.send({ rssPeakBytes, inMemory: registered.size, stored: registered.size, deferred: 0, refused: 0 }, () => process.exit(0));
+    process.send({ rssPeakBytes, cpuSeconds, inMemory: registered.size, stored: registered.size, deferred: 0, refused: 0 }, () => process.exit(0));
   });
 }
 
@@ -109,11 +121,10 @@ async function serveBaseline() {
  * high-water mark; the registrations stored are counted from its LevelDB
  * after it has stopped.
  */
-async function serveAppliance() {
+async function serveAppliance(nodeFlags) {
   const dataDir = mkdtempSync(path.join(os.tmpdir(), 'ami-bench-rd-appliance-'));
   const meshPort = 26683 + Math.floor(Math.random() * 1000);
   const httpPort = 22880 + Math.floor(Math.random() * 1000);
-  const nodeFlags = (process.env.BENCH_APPLIANCE_NODE_FLAGS ?? '').split(' ').filter(Boolean);
   const gateway = spawn(process.execPath, [...nodeFlags, path.join(root, 'bin/ami-gateway.js'), 'start'], {
     env: { ...process.env, AMI_DATA_DIR: dataDir, AMI_MESH_PORT: String(meshPort), AMI_HTTP_PORT: String(httpPort), AMI_SIM_METERS: '0', AMI_LOG_LEVEL: 'warn' },
     stdio: ['ignore', 'ignore', 'inherit'],
@@ -131,9 +142,11 @@ async function serveAppliance() {
     await new Promise((resolve) => setTimeout(resolve, 100)); // no event to await across processes
   }
   const idle = procMemory(gateway.pid);
+  const cpuAtIdle = procCpuSeconds(gateway.pid);
   process.send({ port: meshPort, idleRss: idle.rss });
   process.once('message', async () => {
     const { peak } = procMemory(gateway.pid);
+    const cpuSeconds = procCpuSeconds(gateway.pid) - cpuAtIdle;
     gateway.kill('SIGTERM');
     await exited;
     const { acquireDatabase } = dist('store/database.js');
@@ -145,7 +158,7 @@ async function serveAppliance() {
     await lease.release();
     rmSync(dataDir, { recursive: true, force: true });
     // No directory counters from outside the process: the 5.03 column shows what the meters counted.
-    process.send({ rssPeakBytes: peak, inMemory: stored, stored }, () => process.exit(0));
+    process.send({ rssPeakBytes: peak, cpuSeconds, inMemory: stored, stored }, () => process.exit(0));
   });
 }
 
@@ -238,12 +251,15 @@ async function storm(label) {
 }
 
 if (mode === 'server') {
-  await (variant === 'gateway' ? serveGateway() : variant === 'appliance' ? serveAppliance() : serveBaseline());
+  if (variant === 'gateway') await serveGateway();
+  else if (variant === 'appliance') await serveAppliance(applianceNodeFlags());
+  else if (variant === 'v8-heap') await serveAppliance([]);
+  else await serveBaseline();
 } else if (mode === 'meters') {
   await runMeters(Number(portArg));
 } else {
-  const results = [await storm('baseline'), await storm('gateway'), await storm('appliance')];
-  const [base, gateway, appliance] = results;
+  const results = [await storm('baseline'), await storm('gateway'), await storm('appliance'), await storm('v8-heap')];
+  const [base, gateway, appliance, v8Heap] = results;
   const mib = (bytes) => (bytes / 1024 / 1024).toFixed(1);
   console.log(`reconnect storm: ${METERS} meters register at once, loopback, node ${process.version}, ${os.cpus().length} cores`);
   console.log(
@@ -251,10 +267,10 @@ if (mode === 'server') {
   );
   console.log('meters wait Max-Age x 1-1.5 after a 5.03; latency = first attempt to 2.01, waits included');
   console.log('storm sent = first to last meter\'s first attempt (how fast the meters\' process puts the storm on the wire)');
-  console.log('variant    storm sent s  all registered s   p50 ms   p99 ms   max ms    5.03  retries  failed   RSS idle MiB  RSS peak MiB   stored');
+  console.log('variant    storm sent s  all registered s   p50 ms   p99 ms   max ms    5.03  retries  failed   RSS idle MiB  RSS peak MiB  CPU s   stored');
   for (const r of results) {
     console.log(
-      `${r.label.padEnd(10)} ${(r.sentMs / 1000).toFixed(2).padStart(12)} ${(r.allMs / 1000).toFixed(2).padStart(17)} ${r.p50.toFixed(0).padStart(8)} ${r.p99.toFixed(0).padStart(8)} ${r.max.toFixed(0).padStart(8)} ${String(r.deferred).padStart(7)} ${String(r.retries).padStart(8)} ${String(r.failed).padStart(7)} ${mib(r.idleRss).padStart(14)} ${mib(r.rssPeakBytes).padStart(13)} ${String(r.stored).padStart(8)}`,
+      `${r.label.padEnd(10)} ${(r.sentMs / 1000).toFixed(2).padStart(12)} ${(r.allMs / 1000).toFixed(2).padStart(17)} ${r.p50.toFixed(0).padStart(8)} ${r.p99.toFixed(0).padStart(8)} ${r.max.toFixed(0).padStart(8)} ${String(r.deferred).padStart(7)} ${String(r.retries).padStart(8)} ${String(r.failed).padStart(7)} ${mib(r.idleRss).padStart(14)} ${mib(r.rssPeakBytes).padStart(13)} ${r.cpuSeconds.toFixed(1).padStart(6)} ${String(r.stored).padStart(8)}`,
     );
   }
   console.log(
@@ -264,11 +280,14 @@ if (mode === 'server') {
     `ratio appliance/baseline: all registered ${(appliance.allMs / base.allMs).toFixed(2)}x, p99 ${(appliance.p99 / base.p99).toFixed(2)}x; the appliance's directory uses the node's Max-Age (20-40 s)`,
   );
   console.log(
-    `RSS: the server process alone (the meters run in another process), peak from the kernel (VmHWM; appliance: Node-RED included); socket receive buffer granted: ${Math.round((gateway.receiveBufferBytes ?? 0) / 1024)} KiB (baseline ${Math.round((base.receiveBufferBytes ?? 0) / 1024)} KiB)`,
+    `RSS and CPU: the server process alone (the meters run in another process); RSS peak from the kernel (VmHWM; appliance: Node-RED and its start-up included); CPU from ready to the storm's end; socket receive buffer granted: ${Math.round((gateway.receiveBufferBytes ?? 0) / 1024)} KiB (baseline ${Math.round((base.receiveBufferBytes ?? 0) / 1024)} KiB)`,
   );
   console.log(`5.03 answered by the directory: ${gateway.deferred}; counted by the meters: ${gateway.fleetDeferred}`);
   const lost = METERS - gateway.stored;
   console.log(`registrations lost: ${lost} (${gateway.stored} of ${METERS} in LevelDB after closing and reopening the registry)`);
-  console.log(`appliance registrations lost: ${METERS - appliance.stored} (${appliance.stored} of ${METERS} in its LevelDB after it stopped)`);
-  if (lost !== 0 || base.stored !== METERS || appliance.stored !== METERS) process.exitCode = 1;
+  console.log(`appliance registrations lost: ${METERS - appliance.stored} (${appliance.stored} of ${METERS} in its LevelDB after it stopped); on V8's default heap: ${METERS - v8Heap.stored}`);
+  console.log(
+    `appliance heap settings: ${applianceNodeFlags().join(' ')}; RSS peak ${mib(appliance.rssPeakBytes)} MiB with them, ${mib(v8Heap.rssPeakBytes)} MiB on V8's defaults (${(appliance.rssPeakBytes / v8Heap.rssPeakBytes).toFixed(2)}x); CPU during the storm ${appliance.cpuSeconds.toFixed(1)} s vs ${v8Heap.cpuSeconds.toFixed(1)} s (${(appliance.cpuSeconds / v8Heap.cpuSeconds).toFixed(2)}x)`,
+  );
+  if (lost !== 0 || base.stored !== METERS || appliance.stored !== METERS || v8Heap.stored !== METERS) process.exitCode = 1;
 }

@@ -4,6 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { freeTcpPort, freeUdpPort } from './ports.js';
 import type { HealthSnapshot } from '../../src/appliance/health.js';
+import { APPLIANCE_NODE_FLAGS } from '../../src/appliance/node-flags.js';
 
 export const REPO_ROOT = path.resolve(__dirname, '..', '..');
 export const CLI = path.join(REPO_ROOT, 'bin', 'ami-gateway.js');
@@ -38,7 +39,8 @@ export async function startApplianceProcess(
   const dataDir = reuse.dataDir ?? mkdtempSync(path.join(os.tmpdir(), 'ami-gw-'));
   const httpPort = reuse.httpPort ?? (await freeTcpPort());
   const meshPort = reuse.meshPort ?? (await freeUdpPort());
-  const child = spawn(process.execPath, [CLI, 'start'], {
+  // With the heap settings npm start and the systemd unit use.
+  const child = spawn(process.execPath, [...APPLIANCE_NODE_FLAGS, CLI, 'start'], {
     cwd: REPO_ROOT,
     env: {
       ...process.env,

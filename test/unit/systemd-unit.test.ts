@@ -2,6 +2,7 @@ import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
+import { APPLIANCE_NODE_FLAGS, missingApplianceNodeFlags } from '../../src/appliance/node-flags.js';
 
 const UNIT = path.resolve(__dirname, '..', '..', 'deploy', 'ami-gateway.service');
 
@@ -34,6 +35,23 @@ describe('deploy/ami-gateway.service', () => {
     expect(d.get('CapabilityBoundingSet')).toEqual(['CAP_NET_ADMIN']);
     expect(d.get('AmbientCapabilities')).toEqual(['CAP_NET_ADMIN']);
     expect(d.get('KillSignal')).toEqual(['SIGTERM']);
+  });
+
+  it('starts node with the appliance heap settings, as npm start does', () => {
+    const execStart = directives().get('ExecStart')?.[0] ?? '';
+    const [node, ...args] = execStart.split(/\s+/);
+    expect(node).toBe('/usr/bin/node');
+    expect(args).toEqual([...APPLIANCE_NODE_FLAGS, '/opt/ami-gateway/bin/ami-gateway.js', 'start']);
+    const pkg = JSON.parse(readFileSync(path.resolve(__dirname, '..', '..', 'package.json'), 'utf8')) as { scripts: Record<string, string> };
+    expect(pkg.scripts.start!.split(/\s+/)).toEqual(['node', ...APPLIANCE_NODE_FLAGS, 'bin/ami-gateway.js', 'start']);
+    expect(missingApplianceNodeFlags(args)).toEqual([]);
+    expect(missingApplianceNodeFlags(['--max-semi-space-size=4'])).toEqual(['--heap-growing-percent=30']);
+  });
+
+  it('has heap settings this node accepts', () => {
+    const result = spawnSync(process.execPath, [...APPLIANCE_NODE_FLAGS, '-e', 'process.stdout.write("ok")'], { encoding: 'utf8' });
+    expect(result.stderr).toBe('');
+    expect(result.stdout).toBe('ok');
   });
 
   it.skipIf(!hasSystemdAnalyze)('passes systemd-analyze verify', () => {
