@@ -58,7 +58,9 @@ async function appliance() {
   const dataDir = mkdtempSync(path.join(os.tmpdir(), 'ami-bench-'));
   const meshPort = 25683 + Math.floor(Math.random() * 1000);
   const httpPort = 21880 + Math.floor(Math.random() * 1000);
-  const child = spawn(process.execPath, [path.join(root, 'bin/ami-gateway.js'), 'start'], {
+  // As npm start and the systemd unit start it, with the appliance's heap settings.
+  const { APPLIANCE_NODE_FLAGS } = require(path.join(root, 'dist/src/appliance/node-flags.js'));
+  const child = spawn(process.execPath, [...APPLIANCE_NODE_FLAGS, path.join(root, 'bin/ami-gateway.js'), 'start'], {
     env: { ...process.env, AMI_DATA_DIR: dataDir, AMI_MESH_PORT: String(meshPort), AMI_HTTP_PORT: String(httpPort), AMI_SIM_METERS: '0', AMI_LOG_LEVEL: 'warn' },
     stdio: ['ignore', process.env.BENCH_VERBOSE ? 'inherit' : 'ignore', 'inherit'],
   });

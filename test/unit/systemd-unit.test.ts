@@ -44,8 +44,11 @@ describe('deploy/ami-gateway.service', () => {
     expect(args).toEqual([...APPLIANCE_NODE_FLAGS, '/opt/ami-gateway/bin/ami-gateway.js', 'start']);
     const pkg = JSON.parse(readFileSync(path.resolve(__dirname, '..', '..', 'package.json'), 'utf8')) as { scripts: Record<string, string> };
     expect(pkg.scripts.start!.split(/\s+/)).toEqual(['node', ...APPLIANCE_NODE_FLAGS, 'bin/ami-gateway.js', 'start']);
-    expect(missingApplianceNodeFlags(args)).toEqual([]);
-    expect(missingApplianceNodeFlags(['--max-semi-space-size=4'])).toEqual(['--heap-growing-percent=30']);
+    expect(missingApplianceNodeFlags(args, '')).toEqual([]);
+    expect(missingApplianceNodeFlags(['--max-semi-space-size=4'], '')).toEqual(['--heap-growing-percent=30']);
+    // Spelled with underscores, given another value, or in NODE_OPTIONS: the operator's choice stands.
+    expect(missingApplianceNodeFlags(['--heap_growing_percent=50'], '--max-semi-space-size=8')).toEqual([]);
+    expect(missingApplianceNodeFlags([], '')).toEqual([...APPLIANCE_NODE_FLAGS]);
   });
 
   it('has heap settings this node accepts', () => {
