@@ -105,6 +105,21 @@ const DEFAULT_MAX_METERS = 20_000;
 const registries = new Map<string, { name: string; registry: () => MeterRegistry | undefined }>();
 const routedApps = new WeakSet<object>();
 
+/**
+ * Whether any of Node-RED's loggers writes debug lines. Joins are logged at
+ * debug level; in a reconnect storm, translating that line for each of
+ * thousands of meters when no logger writes it is work and garbage for
+ * nothing. Logging settings not found (a test runtime) count as yes.
+ */
+function logsDebug(RED: NodeAPI): boolean {
+  const logging: unknown = (RED.settings as unknown as { logging?: unknown }).logging;
+  if (typeof logging !== 'object' || logging === null) return true;
+  return Object.values(logging as Record<string, unknown>).some((logger) => {
+    const level = typeof logger === 'object' && logger !== null ? (logger as { level?: unknown }).level : undefined;
+    return level === 'debug' || level === 'trace';
+  });
+}
+
 function registerMeshRoutes(RED: NodeAPI): void {
   const app = RED.httpAdmin;
   if (routedApps.has(app)) return;
@@ -295,8 +310,9 @@ export = function register(RED: NodeAPI): void {
       stopForwarding = onRegistryEvents(opened, (event) => {
         for (const listener of registryListeners.values()) listener(event);
       });
+      const joinsLogged = logsDebug(RED);
       opened.on('joined', (meter) => {
-        node.debug(RED._('ami-mesh-endpoint.log.joined', { endpoint: meter.endpoint, address: `[${meter.address.address}]:${meter.address.port}` }));
+        if (joinsLogged) node.debug(RED._('ami-mesh-endpoint.log.joined', { endpoint: meter.endpoint, address: `[${meter.address.address}]:${meter.address.port}` }));
         recordRadioMetrics(opened, meter);
       });
       // Each refresh of a registration brings the radio's newer measurement (the relay's link gate reads it).
