@@ -484,9 +484,6 @@ function decodeMeter(key: string, bytes: Uint8Array): RegisteredMeter | undefine
   }
 }
 
-/** Shared by every registration without links. */
-const NO_LINKS = Object.freeze([]) as unknown as Link[];
-
 function freezeMeter(meter: RegisteredMeter): RegisteredMeter {
   Object.freeze(meter.metrics);
   Object.freeze(meter.firmware);
@@ -675,7 +672,7 @@ export class MeterRegistry extends EventEmitter<MeterRegistryEvents> {
     const id = this.byIdentity.get(identityOf(name, sector));
     if (id !== undefined) return this.meters.get(id);
     if (sector !== undefined) return undefined;
-    const first = this.byName.get(name)[0];
+    const first = this.byName.first(name);
     return first === undefined ? undefined : this.meters.get(first);
   }
 
@@ -892,7 +889,7 @@ export class MeterRegistry extends EventEmitter<MeterRegistryEvents> {
   // Keys are the values' JSON: links, tags and firmware are checked (strings, true, string arrays), frozen
   // and in the order they came, so equal JSON is an equal value.
   private shareLinks(links: Link[]): Link[] {
-    return links.length === 0 ? NO_LINKS : this.sharedLinks.share(JSON.stringify(links), links);
+    return this.sharedLinks.share(JSON.stringify(links), links);
   }
 
   private shareTags(tags: Readonly<Record<string, string>>): Readonly<Record<string, string>> {

@@ -71,6 +71,12 @@ export class IdsByKey {
     else if (known.size === 0) this.entries.delete(key);
   }
 
+  /** The first id still under `key` (the one added first). */
+  first(key: string): string | undefined {
+    const known = this.entries.get(key);
+    return typeof known === 'string' || known === undefined ? known : (known.values().next().value as string);
+  }
+
   /** The ids under `key`, in the order they were added. */
   get(key: string): string[] {
     const known = this.entries.get(key);

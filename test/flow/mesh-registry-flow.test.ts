@@ -237,3 +237,38 @@ describe('mesh endpoint health counters and binding errors', () => {
     expect(gatewayHealth.snapshot().problems.join(' ')).toMatch(/\[fd00::dead:beef\] is not an address of this host/);
   });
 });
+
+describe('the join log line', () => {
+  afterEach(() => {
+    helper.settings({});
+  });
+
+  /** Registers a meter with a mesh events node wired, and returns the join lines the endpoint logged at debug level up to its joined event. */
+  async function debugLinesOfAJoin(level: string, name: string): Promise<string[]> {
+    helper.settings({ logging: { console: { level } } });
+    const events = { id: 'events', z: 'f1', x: 0, y: 0, type: 'ami-mesh-events', endpoint: 'mesh', joined: true, wires: [['joined']] };
+    await helper.load(allNodes, [...flow(), events, { id: 'joined', z: 'f1', x: 0, y: 0, type: 'helper' }]);
+    const serving = logged('mesh', 'log', /registry/);
+    const meters = await helper.request().get('/ami/mesh/meters');
+    if (!(meters.body as { endpoints: { id: string; registry: boolean }[] }).endpoints.some((e) => e.id === 'mesh' && e.registry)) await serving;
+    const lines: string[] = [];
+    helper.getNode('mesh')!.on('call:debug', (call: unknown) => {
+      lines.push(String((call as { args: unknown[] }).args[0]));
+    });
+    const joined = nextInput(helper.getNode('joined')!);
+    expect((await register(`ep=${name}&lt=600`)).code).toBe('2.01');
+    // The events node hears 'joined' before the endpoint's own listener, in the same emit: once its
+    // message arrives, the log line has been written or skipped.
+    await joined;
+    // The helper's RED._ returns the message key rather than the English text.
+    return lines.filter((line) => line === 'ami-mesh-endpoint.log.joined');
+  }
+
+  it('is written when a logger writes debug lines', async () => {
+    expect(await debugLinesOfAJoin('debug', 'mtr-join-debug')).toEqual(['ami-mesh-endpoint.log.joined']);
+  });
+
+  it('is skipped when no logger writes debug lines', async () => {
+    expect(await debugLinesOfAJoin('info', 'mtr-join-info')).toEqual([]);
+  });
+});

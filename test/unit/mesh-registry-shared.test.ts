@@ -128,6 +128,7 @@ describe('IdsByKey', () => {
           }
           for (const k of ['a', 'b', 'c']) {
             expect(index.get(k)).toEqual([...(model.get(k) ?? [])]);
+            expect(index.first(k)).toBe([...(model.get(k) ?? [])][0]);
             expect(index.has(k)).toBe(model.has(k));
           }
           expect(index.size).toBe(model.size);
